@@ -1,0 +1,181 @@
+//! The command line (clap derive). Bad values are rejected at parse time, naming the flag.
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::log::Level;
+use crate::server::Config;
+
+/// A fast, correct TCP echo server: one SO_REUSEPORT listener, epoll instance and thread per
+/// worker; every byte of every client echoed back, in order.
+#[derive(Parser, Debug)]
+#[command(name = "epoll-echo", version, about, long_about = None)]
+pub struct Cli {
+    /// TCP port to listen on (0: the kernel picks one, shown in the startup line).
+    #[arg(short, long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// IP address to listen on (IPv4 or IPv6 literal, e.g. 127.0.0.1, ::1, ::).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Worker threads, each with its own listener and epoll instance [default: CPUs available].
+    #[arg(long = "maxListeners", visible_alias = "max-listeners", env = "MAX_LISTENERS",
+          value_name = "N", value_parser = parse_workers)]
+    pub max_listeners: Option<NonZeroUsize>,
+
+    /// Listen backlog of each worker's socket.
+    #[arg(long, default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(1..=65535))]
+    pub backlog: i32,
+
+    /// Bytes of unsent echo per client before the server stops reading that client
+    /// (backpressure). Accepts k/K (KiB) and m/M (MiB) suffixes.
+    #[arg(long, default_value = "256K", value_name = "BYTES", value_parser = parse_size)]
+    pub max_pending: usize,
+
+    /// Most open client connections across all workers; extra clients are accepted and closed
+    /// at once [default: open-files limit minus what the server itself needs].
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    pub max_connections: Option<usize>,
+
+    /// Close a connection with no traffic in either direction for this long (0: never).
+    /// A number of seconds or a duration: 500ms, 30s, 5m.
+    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub idle_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long busy connections may keep draining before they are closed.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub shutdown_timeout: Duration,
+
+    /// Print a `stats:` line to stderr at this interval (default: off).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub stats_interval: Option<Duration>,
+
+    /// Pin worker i to CPU i (modulo the CPU count).
+    #[arg(long)]
+    pub pin_cpus: bool,
+
+    /// More logging (-v: per-connection debug lines).
+    #[arg(short, long, conflicts_with_all = ["quiet", "log_level"])]
+    pub verbose: bool,
+
+    /// Less logging: warnings and errors only.
+    #[arg(short, long, conflicts_with = "log_level")]
+    pub quiet: bool,
+
+    /// Log level.
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<Level>,
+}
+
+fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of workers"))?;
+    match NonZeroUsize::new(n) {
+        Some(n) if n.get() <= 1024 => Ok(n),
+        Some(_) => Err(format!("{n} workers is more than the limit of 1024")),
+        None => Err("must be at least 1".into()),
+    }
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number of connections")),
+    }
+}
+
+/// Byte sizes: `65536`, `64K`, `1M` (binary units).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1usize << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = num
+        .trim_end_matches(['i', 'B'])
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: use e.g. 65536, 256K, 1M"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if bytes == 0 {
+        return Err("must be at least 1 byte".into());
+    }
+    Ok(bytes)
+}
+
+impl Cli {
+    pub fn log_level(&self) -> Level {
+        if self.verbose {
+            Level::Debug
+        } else if self.quiet {
+            Level::Warn
+        } else {
+            self.log_level.unwrap_or(Level::Info)
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config {
+            host: self.host,
+            port: self.port,
+            workers: self
+                .max_listeners
+                .map_or_else(num_cpus::get, NonZeroUsize::get),
+            backlog: self.backlog,
+            max_pending: self.max_pending,
+            shutdown_timeout: self.shutdown_timeout,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            stats_interval: self.stats_interval,
+            pin_cpus: self.pin_cpus,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("256K"), Ok(256 * 1024));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(
+            parse_size("1MiB"),
+            Err("'1MiB' is not a size: use e.g. 65536, 256K, 1M".into())
+        );
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn defaults_and_aliases() {
+        let cli = Cli::try_parse_from(["epoll-echo", "--max-listeners", "3"]).unwrap();
+        assert_eq!(cli.config().workers, 3);
+        let cli = Cli::try_parse_from(["epoll-echo", "--maxListeners", "2", "-p", "0"]).unwrap();
+        assert_eq!((cli.config().workers, cli.config().port), (2, 0));
+        let c = Cli::try_parse_from(["epoll-echo"]).unwrap().config();
+        assert_eq!(c.max_pending, 256 * 1024);
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.backlog, 1024);
+    }
+}

@@ -1,0 +1,53 @@
+//! Thin entry point: parse flags, install the signal handler, run the library, map the exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use epoll_echo::Server;
+use epoll_echo::cli::Cli;
+use epoll_echo::log::{self, Level};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // bad flags: message naming the flag, exit 2
+    log::set_level(cli.log_level());
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("epoll-echo: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> std::io::Result<()> {
+    let server = Server::new(cli.config())?;
+    // Installed before any listener binds: a signal that arrives as soon as the port accepts
+    // still shuts down gracefully. A second signal exits at once.
+    let handle = server.shutdown_handle();
+    ctrlc::set_handler(move || {
+        if handle.shutdown() {
+            epoll_echo::log!(
+                Level::Info,
+                "signal received: draining (signal again to exit now)"
+            );
+        } else {
+            std::process::exit(130);
+        }
+    })
+    .map_err(std::io::Error::other)?;
+    let running = server.start()?;
+    let summary = running.wait()?;
+    let t = summary.totals;
+    if log::enabled(Level::Info) {
+        eprintln!(
+            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s",
+            t.accepted,
+            t.refused,
+            t.idle_closed,
+            t.bytes_in,
+            t.bytes_out,
+            summary.duration.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Starts the workers, hands out the shutdown handle, joins the workers.
+//!
+//! Startup binds one worker at a time, each on its own thread with its own SO_REUSEPORT
+//! listener; with port 0 the first worker's kernel-chosen port is given to the others. If any
+//! worker fails to bind, the ones already running are stopped and the error is returned: the
+//! server is either fully listening or not running at all.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::log::Level;
+use crate::stats::{self, Snapshot, WorkerStats};
+use crate::worker::{Worker, WorkerConfig};
+use crate::{log, sys};
+
+/// Descriptors each worker holds besides its clients: listener, epoll, both wake-pipe ends,
+/// the reserve descriptor.
+pub const FDS_PER_WORKER: u64 = 5;
+/// Descriptors for the rest of the process: stdio, the signal handler's pipe, and headroom.
+pub const FDS_FOR_PROCESS: u64 = 24;
+
+/// Everything the server needs; the command line fills it in (`cli`), tests build it directly.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub workers: usize,
+    pub backlog: i32,
+    pub max_pending: usize,
+    pub shutdown_timeout: Duration,
+    /// `None`: derived from the open-files limit.
+    pub max_connections: Option<usize>,
+    /// Zero disables the idle timeout.
+    pub idle_timeout: Duration,
+    pub stats_interval: Option<Duration>,
+    pub pin_cpus: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 8080,
+            workers: num_cpus::get(),
+            backlog: 1024,
+            max_pending: 256 * 1024,
+            shutdown_timeout: Duration::from_secs(5),
+            max_connections: None,
+            idle_timeout: Duration::from_secs(300),
+            stats_interval: None,
+            pin_cpus: false,
+        }
+    }
+}
+
+/// State the workers and the shutdown handle share.
+pub struct Shared {
+    stop: AtomicBool,
+    wakers: Vec<OwnedFd>,
+    /// Open client connections across all workers (for `--max-connections`).
+    pub active: AtomicUsize,
+    pub stats: Vec<WorkerStats>,
+}
+
+/// Asks the server to shut down gracefully. Cheap to clone, safe from a signal-handling thread.
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Shared>);
+
+impl ShutdownHandle {
+    /// Wakes every worker. Returns `false` if shutdown had already been asked for.
+    pub fn shutdown(&self) -> bool {
+        let first = !self.0.stop.swap(true, Ordering::SeqCst);
+        for w in &self.0.wakers {
+            // A full pipe already holds a wake-up; nothing else can fail here.
+            let _ = sys::write(w.as_fd(), &[1]);
+        }
+        first
+    }
+}
+
+/// A server whose wake pipes exist but whose listeners are not bound yet.
+pub struct Server {
+    config: Config,
+    shared: Arc<Shared>,
+    wake_readers: Vec<OwnedFd>,
+}
+
+/// Totals at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub totals: Snapshot,
+    pub duration: Duration,
+}
+
+/// A listening server.
+pub struct Running {
+    addr: SocketAddr,
+    max_connections: usize,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<io::Result<()>>>,
+    stats_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    started: Instant,
+}
+
+impl Server {
+    /// Creates the wake pipes. Install the signal handler on [`Server::shutdown_handle`]
+    /// before [`Server::start`], so a signal during startup is not lost.
+    pub fn new(config: Config) -> io::Result<Server> {
+        if config.workers == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "need at least one worker",
+            ));
+        }
+        let mut wakers = Vec::with_capacity(config.workers);
+        let mut wake_readers = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers {
+            let (r, w) = sys::pipe()?;
+            wake_readers.push(r);
+            wakers.push(w);
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            wakers,
+            active: AtomicUsize::new(0),
+            stats: (0..config.workers)
+                .map(|_| WorkerStats::default())
+                .collect(),
+        });
+        Ok(Server {
+            config,
+            shared,
+            wake_readers,
+        })
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shared.clone())
+    }
+
+    /// Binds every worker's listener and starts serving.
+    pub fn start(self) -> io::Result<Running> {
+        let Server {
+            config,
+            shared,
+            wake_readers,
+        } = self;
+        let nofile = sys::raise_nofile_limit()?;
+        let reserved = FDS_PER_WORKER * config.workers as u64 + FDS_FOR_PROCESS;
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(|| nofile.saturating_sub(reserved).max(1) as usize);
+        let cpus = num_cpus::get();
+        let mut addr = SocketAddr::new(config.host, config.port);
+        let mut workers = Vec::with_capacity(config.workers);
+        for (id, wake) in wake_readers.into_iter().enumerate() {
+            let cfg = WorkerConfig {
+                id,
+                addr,
+                backlog: config.backlog,
+                max_pending: config.max_pending,
+                max_connections,
+                // Whole seconds, rounded up: the idle list ticks once a second.
+                idle_timeout_secs: config.idle_timeout.as_secs_f64().ceil().min(1e9) as u32,
+                shutdown_timeout: config.shutdown_timeout,
+                pin_cpu: config.pin_cpus.then_some(id % cpus),
+            };
+            let (tx, rx) = mpsc::channel();
+            let sh = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("worker-{id}"))
+                .spawn(move || match Worker::bind(cfg, sh.clone(), wake) {
+                    Ok(w) => {
+                        let _ = tx.send(Ok(w.local_addr()));
+                        let r = w.run();
+                        if let Err(e) = &r {
+                            // Never leave a half-running server: take the others down too.
+                            log!(Level::Error, "{e}");
+                            ShutdownHandle(sh).shutdown();
+                        }
+                        r
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        Ok(())
+                    }
+                });
+            let bound = match spawned {
+                Ok(handle) => {
+                    workers.push(handle);
+                    rx.recv().unwrap_or_else(|_| {
+                        Err(io::Error::other(format!("worker {id} died while starting")))
+                    })
+                }
+                Err(e) => Err(io::Error::new(e.kind(), format!("spawn worker {id}: {e}"))),
+            };
+            match bound {
+                Ok(a) => addr = a,
+                Err(e) => {
+                    ShutdownHandle(shared.clone()).shutdown();
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        log!(
+            Level::Info,
+            "listening on {addr} with {} worker(s); max-connections {max_connections} (open-files limit {nofile}), max-pending {} bytes, idle-timeout {}",
+            config.workers,
+            config.max_pending,
+            if config.idle_timeout.is_zero() {
+                "off".to_string()
+            } else {
+                format!("{:?}", config.idle_timeout)
+            },
+        );
+        let stats_thread = config.stats_interval.filter(|d| !d.is_zero()).map(|every| {
+            let (tx, rx) = mpsc::channel::<()>();
+            let sh = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name("stats".into())
+                .spawn(move || stats_loop(&sh, every, &rx))
+                .expect("spawn stats thread");
+            (tx, handle)
+        });
+        Ok(Running {
+            addr,
+            max_connections,
+            shared,
+            workers,
+            stats_thread,
+            started: Instant::now(),
+        })
+    }
+}
+
+fn stats_loop(shared: &Shared, every: Duration, stop: &mpsc::Receiver<()>) {
+    let mut prev = Snapshot::default();
+    let mut last = Instant::now();
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        let now: Vec<Snapshot> = shared.stats.iter().map(WorkerStats::snapshot).collect();
+        let secs = last.elapsed().as_secs_f64();
+        eprintln!("{}", stats::line(&now, &prev, secs));
+        prev = now.iter().fold(Snapshot::default(), |a, b| a + *b);
+        last = Instant::now();
+    }
+}
+
+impl Running {
+    /// The address the workers listen on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shared.clone())
+    }
+
+    /// Current totals across workers.
+    pub fn stats(&self) -> Snapshot {
+        stats::total(&self.shared.stats)
+    }
+
+    /// Waits until every worker has finished its graceful shutdown.
+    pub fn wait(self) -> io::Result<Summary> {
+        let mut result = Ok(());
+        for (id, w) in self.workers.into_iter().enumerate() {
+            let r = match w.join() {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::other(format!("worker {id} panicked"))),
+            };
+            if let Err(e) = r
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        if let Some((tx, handle)) = self.stats_thread {
+            drop(tx);
+            let _ = handle.join();
+        }
+        result?;
+        Ok(Summary {
+            totals: stats::total(&self.shared.stats),
+            duration: self.started.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! Per-worker counters. Each worker counts in plain integers and publishes them once per loop
+//! turn into its own cache-line-padded slot, so nothing shared is written per message.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A worker's own running totals.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Counters {
+    pub accepted: u64,
+    pub closed: u64,
+    pub refused: u64,
+    pub idle_closed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// The published copy, readable from any thread.
+#[derive(Default, Debug)]
+#[repr(align(128))]
+pub struct WorkerStats {
+    active: AtomicU64,
+    accepted: AtomicU64,
+    closed: AtomicU64,
+    refused: AtomicU64,
+    idle_closed: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// A point-in-time reading of one worker, or the sum of several.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub active: u64,
+    pub accepted: u64,
+    pub closed: u64,
+    pub refused: u64,
+    pub idle_closed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl WorkerStats {
+    pub fn publish(&self, c: &Counters, active: usize) {
+        self.active.store(active as u64, Relaxed);
+        self.accepted.store(c.accepted, Relaxed);
+        self.closed.store(c.closed, Relaxed);
+        self.refused.store(c.refused, Relaxed);
+        self.idle_closed.store(c.idle_closed, Relaxed);
+        self.bytes_in.store(c.bytes_in, Relaxed);
+        self.bytes_out.store(c.bytes_out, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            active: self.active.load(Relaxed),
+            accepted: self.accepted.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            idle_closed: self.idle_closed.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+        }
+    }
+}
+
+impl std::ops::Add for Snapshot {
+    type Output = Snapshot;
+    fn add(self, o: Snapshot) -> Snapshot {
+        Snapshot {
+            active: self.active + o.active,
+            accepted: self.accepted + o.accepted,
+            closed: self.closed + o.closed,
+            refused: self.refused + o.refused,
+            idle_closed: self.idle_closed + o.idle_closed,
+            bytes_in: self.bytes_in + o.bytes_in,
+            bytes_out: self.bytes_out + o.bytes_out,
+        }
+    }
+}
+
+pub fn total(stats: &[WorkerStats]) -> Snapshot {
+    stats
+        .iter()
+        .map(WorkerStats::snapshot)
+        .fold(Snapshot::default(), |a, b| a + b)
+}
+
+/// Formats a byte count per second compactly (`1.5MB/s`).
+fn rate(bytes: u64, secs: f64) -> String {
+    let r = bytes as f64 / secs.max(1e-9);
+    if r >= 1e9 {
+        format!("{:.2}GB/s", r / 1e9)
+    } else if r >= 1e6 {
+        format!("{:.1}MB/s", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1}kB/s", r / 1e3)
+    } else {
+        format!("{r:.0}B/s")
+    }
+}
+
+/// One `stats:` line: totals, per-worker active counts, and rates since `prev`.
+pub fn line(now: &[Snapshot], prev: &Snapshot, secs: f64) -> String {
+    let t = now.iter().fold(Snapshot::default(), |a, b| a + *b);
+    let workers: Vec<String> = now.iter().map(|s| s.active.to_string()).collect();
+    format!(
+        "stats: active={} accepted={} closed={} refused={} idle_closed={} bytes_in={} bytes_out={} workers=[{}] accept_rate={:.0}/s in_rate={} out_rate={}",
+        t.active,
+        t.accepted,
+        t.closed,
+        t.refused,
+        t.idle_closed,
+        t.bytes_in,
+        t.bytes_out,
+        workers.join(","),
+        (t.accepted - prev.accepted) as f64 / secs.max(1e-9),
+        rate(t.bytes_in - prev.bytes_in, secs),
+        rate(t.bytes_out - prev.bytes_out, secs),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_shows_totals_per_worker_active_and_rates() {
+        let a = Snapshot {
+            active: 4,
+            accepted: 10,
+            bytes_in: 3_000_000,
+            bytes_out: 3_000_000,
+            ..Default::default()
+        };
+        let b = Snapshot {
+            active: 3,
+            accepted: 5,
+            ..Default::default()
+        };
+        let l = line(&[a, b], &Snapshot::default(), 2.0);
+        assert!(l.starts_with("stats: active=7 accepted=15 "), "{l}");
+        assert!(l.contains("workers=[4,3]"), "{l}");
+        assert!(l.contains("accept_rate=8/s"), "{l}");
+        assert!(l.contains("in_rate=1.5MB/s"), "{l}");
+    }
+}

@@ -1,0 +1,264 @@
+//! Every call into `libc` lives here, behind one error helper.
+//!
+//! The rest of the crate is `#![deny(unsafe_code)]`: it sees file descriptors only as
+//! [`OwnedFd`] / [`BorrowedFd`], so each one is closed exactly once, by its owner.
+//! `EINTR` is retried here, in [`syscall!`]'s callers, and nowhere else.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Runs a libc call and turns its `-1` into `io::Error::last_os_error()`.
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        // SAFETY: every caller passes pointers to live buffers of the stated length and fds
+        // borrowed from an owner that outlives the call.
+        #[allow(unused_unsafe)]
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// Retries `f` while it fails with `EINTR`.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful call that created it; nobody else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub const EPOLLIN: u32 = libc::EPOLLIN as u32;
+pub const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+pub const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
+pub const EPOLLERR: u32 = libc::EPOLLERR as u32;
+pub const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
+pub const EPOLLET: u32 = libc::EPOLLET as u32;
+
+/// One readiness report: the event bits and the token given at registration.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Event(libc::epoll_event);
+
+impl Event {
+    pub const fn zeroed() -> Event {
+        Event(libc::epoll_event { events: 0, u64: 0 })
+    }
+    pub fn events(&self) -> u32 {
+        self.0.events
+    }
+    pub fn token(&self) -> u64 {
+        self.0.u64
+    }
+}
+
+/// An epoll instance (`epoll_create1(EPOLL_CLOEXEC)`).
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+        Ok(Epoll { fd: owned(fd) })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        syscall!(epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut ev))?;
+        Ok(())
+    }
+
+    pub fn add(&self, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    pub fn modify(&self, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
+    }
+
+    /// Waits for events; `timeout` `None` blocks. An interrupted wait returns 0 events.
+    pub fn wait(&self, events: &mut [Event], timeout: Option<Duration>) -> io::Result<usize> {
+        let ms = match timeout {
+            None => -1,
+            // Round up so a 0.4 ms deadline does not turn into a busy poll.
+            Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int,
+        };
+        let len = events.len().min(i32::MAX as usize) as libc::c_int;
+        match syscall!(epoll_wait(
+            self.fd.as_raw_fd(),
+            events.as_mut_ptr().cast::<libc::epoll_event>(),
+            len,
+            ms
+        )) {
+            Ok(n) => Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A nonblocking, close-on-exec pipe: `(read end, write end)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as libc::c_int; 2];
+    syscall!(pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC))?;
+    Ok((owned(fds[0]), owned(fds[1])))
+}
+
+/// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: Linux does not inherit O_NONBLOCK from the listener.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let fd = retry(|| {
+        syscall!(accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+        ))
+    })?;
+    Ok(owned(fd))
+}
+
+/// `read(2)`, retrying `EINTR`.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    retry(|| syscall!(read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()))).map(|n| n as usize)
+}
+
+/// `write(2)`, retrying `EINTR`. For pipes; sockets use [`send`].
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    retry(|| syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()))).map(|n| n as usize)
+}
+
+/// `send(MSG_NOSIGNAL)`: a peer that went away yields `EPIPE`, never `SIGPIPE`.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    retry(|| {
+        syscall!(send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL
+        ))
+    })
+    .map(|n| n as usize)
+}
+
+/// `splice(2)` between a socket and a pipe, nonblocking and with `SPLICE_F_MOVE`.
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    retry(|| {
+        syscall!(splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK
+        ))
+    })
+    .map(|n| n as usize)
+}
+
+/// Sets `TCP_NODELAY`: an echo must not wait for Nagle.
+pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        (&one as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if syscall!(setrlimit(libc::RLIMIT_NOFILE, &want)).is_ok() {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+/// A cheap monotonic clock (`CLOCK_MONOTONIC_COARSE`, answered by the vDSO without a syscall);
+/// resolution is a few milliseconds, enough for timeouts counted in seconds.
+pub fn coarse_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; this clock id always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is plain data and all-zero is the empty set; `cpu` is in range
+    // (checked above), which is all CPU_SET needs.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    };
+    syscall!(sched_setaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &set
+    ))?;
+    Ok(())
+}
+
+/// An `eventfd`: one cheap descriptor, held in reserve for when the process runs out.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+    Ok(owned(fd))
+}
+
+/// True for `accept` errors that mean the process or system is out of descriptors or memory.
+pub fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// True for `accept` errors that concern only the one connection being accepted.
+pub fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
