@@ -15,44 +15,50 @@ use crate::server::Config;
 #[command(name = "epoll-echo", version, about, long_about = None)]
 pub struct Cli {
     /// TCP port to listen on (0: the kernel picks one, shown in the startup line).
-    #[arg(short, long, env = "PORT", default_value_t = 8080)]
+    #[arg(
+        short,
+        long,
+        env = "PORT",
+        default_value_t = 8080,
+        allow_hyphen_values = true
+    )]
     pub port: u16,
 
     /// IP address to listen on (IPv4 or IPv6 literal, e.g. 127.0.0.1, ::1, ::).
-    #[arg(long, default_value = "0.0.0.0")]
+    #[arg(long, default_value = "0.0.0.0", allow_hyphen_values = true)]
     pub host: IpAddr,
 
     /// Worker threads, each with its own listener and epoll instance [default: CPUs available].
     #[arg(long = "maxListeners", visible_alias = "max-listeners", env = "MAX_LISTENERS",
-          value_name = "N", value_parser = parse_workers)]
+          value_name = "N", value_parser = parse_workers, allow_hyphen_values = true)]
     pub max_listeners: Option<NonZeroUsize>,
 
     /// Listen backlog of each worker's socket.
     #[arg(long, default_value_t = 1024, value_name = "N",
-          value_parser = clap::value_parser!(i32).range(1..=65535))]
+          value_parser = clap::value_parser!(i32).range(1..=65535), allow_hyphen_values = true)]
     pub backlog: i32,
 
     /// Bytes of unsent echo per client before the server stops reading that client
     /// (backpressure). Accepts k/K (KiB) and m/M (MiB) suffixes.
-    #[arg(long, default_value = "256K", value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, default_value = "256K", value_name = "BYTES", value_parser = parse_size, allow_hyphen_values = true)]
     pub max_pending: usize,
 
     /// Most open client connections across all workers; extra clients are accepted and closed
     /// at once [default: open-files limit minus what the server itself needs].
-    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    #[arg(long, value_name = "N", value_parser = parse_max_connections, allow_hyphen_values = true)]
     pub max_connections: Option<usize>,
 
     /// Close a connection with no traffic in either direction for this long (0: never).
     /// A number of seconds or a duration: 500ms, 30s, 5m.
-    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = crate::duration::parse, allow_hyphen_values = true)]
     pub idle_timeout: Duration,
 
     /// On SIGINT/SIGTERM, how long busy connections may keep draining before they are closed.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = crate::duration::parse, allow_hyphen_values = true)]
     pub shutdown_timeout: Duration,
 
     /// Print a `stats:` line to stderr at this interval (default: off).
-    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse, allow_hyphen_values = true)]
     pub stats_interval: Option<Duration>,
 
     /// Pin worker i to CPU i (modulo the CPU count).
@@ -68,7 +74,7 @@ pub struct Cli {
     pub quiet: bool,
 
     /// Log level.
-    #[arg(long, value_enum, value_name = "LEVEL")]
+    #[arg(long, value_enum, value_name = "LEVEL", allow_hyphen_values = true)]
     pub log_level: Option<Level>,
 }
 

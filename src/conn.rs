@@ -68,6 +68,8 @@ pub mod flag {
     pub const EOF: u8 = 8;
     /// The connection sits in the worker's run queue.
     pub const QUEUED: u8 = 16;
+    /// Bytes moved since the last shutdown drain tick (used only while shutting down).
+    pub const ACTIVE: u8 = 32;
 }
 
 /// What the worker should do with a connection after [`Conn::service`].
@@ -297,7 +299,7 @@ mod tests {
         let mut next_byte = 0u8;
         for _ in 0..20_000 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            if x % 3 == 0 && !model.is_empty() {
+            if x.is_multiple_of(3) && !model.is_empty() {
                 let n = (x as usize >> 8) % (model.len() + 1);
                 assert_eq!(
                     &p.as_slice()[..n],

@@ -1,6 +1,7 @@
 //! Thin entry point: parse flags, install the signal handler, run the library, map the exit.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
 use epoll_echo::Server;
@@ -24,15 +25,16 @@ fn run(cli: &Cli) -> std::io::Result<()> {
     // Installed before any listener binds: a signal that arrives as soon as the port accepts
     // still shuts down gracefully. A second signal exits at once.
     let handle = server.shutdown_handle();
+    let signals = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
-        if handle.shutdown() {
-            epoll_echo::log!(
-                Level::Info,
-                "signal received: draining (signal again to exit now)"
-            );
-        } else {
+        if signals.fetch_add(1, Ordering::SeqCst) > 0 {
             std::process::exit(130);
         }
+        epoll_echo::log!(
+            Level::Info,
+            "signal received: draining (signal again to exit now)"
+        );
+        handle.shutdown();
     })
     .map_err(std::io::Error::other)?;
     let running = server.start()?;

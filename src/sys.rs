@@ -195,7 +195,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
             lim.rlim_cur = lim.rlim_max;
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// A cheap monotonic clock (`CLOCK_MONOTONIC_COARSE`, answered by the vDSO without a syscall);

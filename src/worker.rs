@@ -53,6 +53,8 @@ const EVENTS: usize = 1024;
 /// How long the listener rests when even the reserve descriptor cannot be had.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LOG_EVERY: Duration = Duration::from_secs(1);
+/// While shutting down, a connection quiet for a whole tick with nothing pending is closed.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
 
 /// What one worker needs to know, fixed at startup.
 #[derive(Clone, Debug)]
@@ -117,6 +119,7 @@ pub struct Worker {
     reserve: Option<OwnedFd>,
     paused_until: Option<Duration>,
     drain_deadline: Option<Duration>,
+    drain_tick: Option<Duration>,
     counters: Counters,
     refusals: Throttled,
     fd_exhaustion: Throttled,
@@ -188,6 +191,7 @@ impl Worker {
             reserve: sys::eventfd().ok(),
             paused_until: None,
             drain_deadline: None,
+            drain_tick: None,
             counters: Counters::default(),
             refusals: Throttled::default(),
             fd_exhaustion: Throttled::default(),
@@ -263,7 +267,11 @@ impl Worker {
             c.flags &= !flag::QUEUED;
             let mut moved = Moved::default();
             let outcome = c.service(&mut self.buf, TURN_BUDGET, self.cfg.max_pending, &mut moved);
-            let drained = c.is_drained();
+            if moved.read + moved.written > 0 {
+                c.flags |= flag::ACTIVE;
+            }
+            // While shutting down: nothing pending, nothing to read, quiet since the last tick.
+            let finished = c.is_drained() && !c.has(flag::ACTIVE);
             self.counters.bytes_in += moved.read as u64;
             self.counters.bytes_out += moved.written as u64;
             if moved.read + moved.written > 0 && self.cfg.idle_timeout_secs > 0 {
@@ -277,7 +285,7 @@ impl Worker {
                     self.run.push(idx);
                 }
                 Outcome::Close => self.close(idx, "done"),
-                Outcome::Wait if self.drain_deadline.is_some() && drained => {
+                Outcome::Wait if self.drain_deadline.is_some() && finished => {
                     self.close(idx, "drained at shutdown")
                 }
                 Outcome::Wait => {}
@@ -408,16 +416,18 @@ impl Worker {
         self.listener = None; // close(2) also removes it from epoll
         self.paused_until = None;
         self.drain_deadline = Some(self.now + self.cfg.shutdown_timeout);
+        self.drain_tick = Some(self.now + DRAIN_TICK);
         log!(
             Level::Debug,
             "shutting down: {} connection(s) open",
             self.live
         );
         // Look at every connection once more: data may have arrived whose edge we have not
-        // handled yet. Those with nothing to read and nothing to send are closed after the read.
+        // handled yet. Those with nothing to read and nothing to send are closed after that
+        // read (FIN); the busy ones are served until they have been quiet for a drain tick.
         for idx in 0..self.slab.len() as u32 {
             if let Some(c) = self.slab[idx as usize].as_mut() {
-                c.flags |= flag::READABLE;
+                c.flags = (c.flags | flag::READABLE) & !flag::ACTIVE;
                 if !c.has(flag::QUEUED) {
                     c.flags |= flag::QUEUED;
                     self.run.push(idx);
@@ -436,6 +446,7 @@ impl Worker {
         [
             idle,
             self.drain_deadline,
+            self.drain_tick,
             self.paused_until,
             self.refusals.deadline(),
             self.fd_exhaustion.deadline(),
@@ -476,6 +487,21 @@ impl Worker {
                 Level::Warn,
                 "accept: out of file descriptors {n} more time(s)"
             );
+        }
+        if let Some(tick) = self.drain_tick
+            && self.now >= tick
+        {
+            self.drain_tick = Some(self.now + DRAIN_TICK);
+            for idx in 0..self.slab.len() as u32 {
+                let Some(c) = self.slab[idx as usize].as_mut() else {
+                    continue;
+                };
+                if c.has(flag::ACTIVE) {
+                    c.flags &= !flag::ACTIVE;
+                } else if c.is_drained() {
+                    self.close(idx, "quiet at shutdown");
+                }
+            }
         }
         if let Some(deadline) = self.drain_deadline
             && self.now >= deadline

@@ -1,0 +1,152 @@
+//! Command-line behaviour of the real binary: bad values exit 2 naming the flag, startup
+//! failures exit 1 naming the address and the OS error.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+fn run(args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A bad command line must not start a server: it exits on its own, promptly.
+    let exited = wait_until(Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        panic!("epoll-echo {args:?} did not exit");
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn assert_usage_error(args: &[&str], flag: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(
+        err.contains(flag),
+        "{args:?}: message should name {flag}: {err}"
+    );
+}
+
+#[test]
+fn bad_values_exit_2_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--port", "70000"], "--port"),
+        (&["--port", "-1"], "--port"),
+        (&["--port", "abc"], "--port"),
+        (&["--maxListeners", "0"], "--maxListeners"),
+        (&["--maxListeners", "many"], "--maxListeners"),
+        (&["--max-listeners", "-3"], "--maxListeners"),
+        (&["--host", "localhost"], "--host"),
+        (&["--host", "300.1.1.1"], "--host"),
+        (&["--backlog", "0"], "--backlog"),
+        (&["--backlog", "abc"], "--backlog"),
+        (&["--max-pending", "-1"], "--max-pending"),
+        (&["--max-pending", "0"], "--max-pending"),
+        (&["--max-pending", "lots"], "--max-pending"),
+        (&["--max-connections", "0"], "--max-connections"),
+        (&["--max-connections", "-5"], "--max-connections"),
+        (&["--idle-timeout", "soon"], "--idle-timeout"),
+        (&["--idle-timeout", "-1s"], "--idle-timeout"),
+        (&["--shutdown-timeout", "5 parsecs"], "--shutdown-timeout"),
+        (&["--stats-interval", "often"], "--stats-interval"),
+        (&["--log-level", "loud"], "--log-level"),
+        (&["--no-such-flag"], "--no-such-flag"),
+    ];
+    for (args, flag) in cases {
+        assert_usage_error(args, flag);
+    }
+}
+
+#[test]
+fn env_configures_and_flags_win() {
+    let out = Command::new(BIN)
+        .env("PORT", "99999")
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "--version ignores PORT");
+    let mut cmd = Command::new(BIN);
+    cmd.env("PORT", "99999").env("MAX_LISTENERS", "3");
+    cmd.args(["--host", "127.0.0.1", "--port", "0"]);
+    let srv = ServerProc::spawn(cmd);
+    assert_eq!(srv.listening_sockets(), 3, "MAX_LISTENERS=3");
+    let out = Command::new(BIN).env("PORT", "99999").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad PORT in env is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
+}
+
+#[test]
+fn address_in_use_exits_1_with_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(&["--host", "127.0.0.1", "--port", &port]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[test]
+fn unavailable_address_exits_1() {
+    // TEST-NET-1 is never assigned to this machine.
+    let out = run(&["--host", "192.0.2.1", "--port", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("192.0.2.1"), "{err}");
+    assert!(
+        err.contains("not available") || err.contains("assign"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--port",
+        "--maxListeners",
+        "--host",
+        "--backlog",
+        "--max-pending",
+        "--max-connections",
+        "--idle-timeout",
+        "--shutdown-timeout",
+        "--stats-interval",
+        "--log-level",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("epoll-echo "));
+}
+
+#[test]
+fn one_startup_line_and_no_per_connection_logs() {
+    let srv = ServerProc::start(&["--maxListeners", "2"]);
+    for _ in 0..10 {
+        assert_eq!(echo_round(srv.addr, b"x"), b"x");
+    }
+    let err = srv.stderr();
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
+    assert!(
+        err.contains(&format!("listening on {} with 2 worker(s)", srv.addr)),
+        "{err}"
+    );
+}

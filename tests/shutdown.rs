@@ -1,0 +1,158 @@
+//! Graceful shutdown on SIGTERM/SIGINT, against the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn idle_clients_see_eof_and_server_exits_zero() {
+    let mut srv = ServerProc::start(&["--maxListeners", "2"]);
+    let mut clients: Vec<_> = (0..20).map(|_| connect(srv.addr)).collect();
+    for c in &mut clients {
+        c.write_all(b"ping").unwrap();
+        assert_eq!(read_n(c, 4), b"ping");
+    }
+    let t = Instant::now();
+    srv.signal("TERM");
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            c.read(&mut b).expect("clean FIN, not a reset"),
+            0,
+            "client {i}"
+        );
+    }
+    let status = srv.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "idle shutdown took {:?}",
+        t.elapsed()
+    );
+    let err = srv.stderr();
+    assert!(
+        err.contains("shutdown: accepted=20 "),
+        "summary line: {err}"
+    );
+}
+
+#[test]
+fn pending_echo_is_delivered_after_sigterm() {
+    let mut srv = ServerProc::start(&["--maxListeners", "1", "--shutdown-timeout", "20s"]);
+    let data = pattern(6 * 1024 * 1024, 77);
+    let mut s = connect(srv.addr);
+    let mut w = s.try_clone().unwrap();
+    let d = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&d).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    // Take the first bytes so we know the server has the connection, then stop reading.
+    let first = read_n(&mut s, 1000);
+    srv.signal("TERM");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .expect("the rest of the echo, then EOF");
+    writer.join().unwrap();
+    let mut got = first;
+    got.extend(rest);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echo differs after shutdown began");
+    assert_eq!(
+        srv.wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn listener_closes_at_once_on_shutdown() {
+    let mut srv = ServerProc::start(&["--maxListeners", "2", "--shutdown-timeout", "20s"]);
+    // A busy client keeps the server draining.
+    let s = connect(srv.addr);
+    (&s).write_all(&pattern(4 * 1024 * 1024, 1)).ok();
+    srv.signal("INT");
+    assert!(
+        wait_until(Duration::from_secs(5), || srv.listening_sockets() == 0),
+        "listeners still open while draining"
+    );
+    assert!(
+        std::net::TcpStream::connect(srv.addr).is_err(),
+        "new connections refused"
+    );
+    drop(s);
+    assert_eq!(
+        srv.wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn shutdown_timeout_closes_stuck_clients() {
+    let mut srv = ServerProc::start(&["--maxListeners", "1", "--shutdown-timeout", "300ms"]);
+    let mut s = connect(srv.addr);
+    s.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut s, 1), b"x", "connection is being served");
+    // A client that never reads: the server cannot drain it.
+    let (writer, written) = flood_without_reading(&s);
+    assert!(
+        wait_stalled(&written, Duration::from_secs(20)),
+        "writer never blocked"
+    );
+    let t = Instant::now();
+    srv.signal("TERM");
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the timeout");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "did not wait for the timeout"
+    );
+    drop(s);
+    writer.join().unwrap();
+}
+
+#[test]
+fn second_signal_exits_at_once_with_130() {
+    let mut srv = ServerProc::start(&["--maxListeners", "1", "--shutdown-timeout", "60s"]);
+    let mut s = connect(srv.addr);
+    s.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut s, 1), b"x", "connection is being served");
+    let (writer, written) = flood_without_reading(&s);
+    assert!(
+        wait_stalled(&written, Duration::from_secs(20)),
+        "writer never blocked"
+    );
+    srv.signal("TERM");
+    assert!(
+        wait_until(Duration::from_secs(5), || srv
+            .stderr()
+            .contains("signal received")),
+        "first signal not seen"
+    );
+    srv.signal("TERM");
+    let status = srv
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits at once");
+    assert_eq!(status.code(), Some(130));
+    drop(s);
+    writer.join().unwrap();
+}
+
+#[test]
+fn signal_right_at_startup_still_shuts_down_gracefully() {
+    for _ in 0..5 {
+        let mut srv = ServerProc::start(&["--maxListeners", "2"]);
+        srv.signal("TERM");
+        assert_eq!(
+            srv.wait_exit(Duration::from_secs(5)).and_then(|s| s.code()),
+            Some(0)
+        );
+    }
+}
