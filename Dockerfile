@@ -37,9 +37,8 @@ COPY src/ src/
 RUN cargo build --release --locked --target x86_64-unknown-linux-gnu \
  && for b in epoll-echo echo-bench; do \
       f=target/x86_64-unknown-linux-gnu/release/$b; \
-      if readelf -lW "$f" | grep -q INTERP || readelf -dW "$f" | grep -q NEEDED; then \
-        echo "$f is not static" >&2; exit 1; \
-      fi; \
+      h=$(readelf -lWd "$f") || exit 1; \
+      case "$h" in *INTERP*|*'(NEEDED)'*) echo "$f is not static" >&2; exit 1;; esac; \
     done
 
 # ---- final stage --------------------------------------------------------------

@@ -58,9 +58,12 @@ fi
 [[ -x $BIN ]] || fail "$BIN not found"
 
 # 2. Static: no program interpreter (PT_INTERP) and no NEEDED shared libs.
+#    (Captured, not piped into grep -q: with pipefail, grep's early exit can
+#    SIGPIPE readelf and turn a match into a pass.)
 if command -v readelf >/dev/null; then
-    ! readelf -lW "$BIN" | grep -q INTERP || fail "$BIN has a program interpreter (dynamic)"
-    ! readelf -dW "$BIN" | grep -q NEEDED || fail "$BIN needs shared libraries (dynamic)"
+    elf=$(readelf -lWd "$BIN") || fail "readelf failed on $BIN"
+    [[ $elf != *INTERP* ]] || fail "$BIN has a program interpreter (dynamic)"
+    [[ $elf != *'(NEEDED)'* ]] || fail "$BIN needs shared libraries (dynamic)"
 else
     python3 - "$BIN" <<'EOF' || fail "$BIN has a program interpreter (dynamic)"
 import struct, sys

@@ -1,0 +1,298 @@
+//! echo-bench: a load generator for TCP echo servers that checks every byte it gets back.
+//!
+//! Modes (modules): [`pingpong`] (many connections, one exchange in flight each; also churn:
+//! a new connection per exchange), [`bulk`] (a continuous stream each way), [`probe`] (one
+//! round trip, for health checks). [`engine`] is the per-thread epoll loop the first three
+//! share, [`pattern`] the byte stream they send and verify, [`report`] the numbers and output.
+#![deny(unsafe_code)]
+
+mod bulk;
+mod engine;
+mod pattern;
+mod pingpong;
+mod probe;
+mod report;
+
+use std::io::IsTerminal;
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+
+use crate::engine::{Plan, Session};
+use crate::report::{Progress, Report, Stats};
+
+/// Load generator for TCP echo servers that tells the truth: every echoed byte is compared
+/// with the byte sent, and any mismatch, early close, reset, failed connect or stall is
+/// counted as an error and makes the exit status 1.
+#[derive(Parser, Debug)]
+#[command(name = "echo-bench", version)]
+struct Cli {
+    /// What to measure.
+    #[arg(value_enum, default_value_t = Mode::Pingpong)]
+    mode: Mode,
+
+    /// Server address: IP:PORT, or HOST:PORT (resolved, within --timeout)
+    /// [default: 127.0.0.1:$PORT, or 127.0.0.1:8080 without PORT].
+    #[arg(short, long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+
+    /// The port of the default --addr.
+    #[arg(long, env = "PORT", default_value_t = 8080, hide = true)]
+    port: u16,
+
+    /// Concurrent connections [default: 50 for pingpong, 1 for bulk and churn; probe uses 1].
+    #[arg(short, long, value_name = "N")]
+    connections: Option<NonZeroUsize>,
+
+    /// Payload bytes per exchange (pingpong, churn) or per write chunk (bulk); accepts K and M
+    /// suffixes [default: 64; 64K for bulk].
+    #[arg(short, long, value_name = "BYTES", value_parser = parse_size)]
+    size: Option<usize>,
+
+    /// How long to generate load: 2s, 500ms, or bare seconds. Exchanges in flight at the end
+    /// still finish (within --timeout) and count.
+    #[arg(short, long, default_value = "2s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    duration: Duration,
+
+    /// Worker threads, each running its own epoll loop over a round-robin share of the
+    /// connections [default: CPUs available, at most --connections].
+    #[arg(short, long, value_name = "N")]
+    threads: Option<NonZeroUsize>,
+
+    /// Print exactly one line of JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+
+    /// probe: the limit for the whole round trip. Other modes: a connection without progress
+    /// for this long is an error (stall), and the run ends at most this long after --duration.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Each connection sends --size bytes, waits for all of them back, repeats; latency per
+    /// exchange.
+    Pingpong,
+    /// Each connection streams pseudo-random bytes while reading the echo; throughput, and
+    /// latency per --size chunk.
+    Bulk,
+    /// Connect, one exchange, close, repeat; latency from connect to the last echoed byte.
+    Churn,
+    /// One connection, one small round trip within --timeout; prints `ok` or `FAIL`, exits 0 or 1.
+    Probe,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Pingpong => "pingpong",
+            Mode::Bulk => "bulk",
+            Mode::Churn => "churn",
+            Mode::Probe => "probe",
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    const MAX: usize = 256 << 20;
+    match epoll_echo::cli::parse_size(s)? {
+        n if n > MAX => Err(format!("'{s}' is more than the limit of 256M")),
+        n => Ok(n),
+    }
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match epoll_echo::duration::parse(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // bad flags: a message naming the flag, exit 2
+    let addr = cli
+        .addr
+        .clone()
+        .unwrap_or_else(|| format!("127.0.0.1:{}", cli.port));
+    if cli.mode == Mode::Probe {
+        return probe_main(&addr, &cli);
+    }
+    match bench(&cli, &addr) {
+        Ok(report) => {
+            if cli.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
+            if report.stats.errors() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("echo-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe_main(addr: &str, cli: &Cli) -> ExitCode {
+    let (used, result) = probe::run(addr, cli.timeout);
+    match (&result, cli.json) {
+        (Ok(t), false) => println!("ok {used} {}us", t.as_micros()),
+        (Err(e), false) => println!("FAIL {used}: {e}"),
+        (Ok(t), true) => println!(
+            "{{\"mode\":\"probe\",\"addr\":{},\"ok\":true,\"latency_us\":{:.1}}}",
+            report::json_string(&used),
+            t.as_secs_f64() * 1e6
+        ),
+        (Err(e), true) => println!(
+            "{{\"mode\":\"probe\",\"addr\":{},\"ok\":false,\"error\":{}}}",
+            report::json_string(&used),
+            report::json_string(e)
+        ),
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs a load mode on `--threads` threads and merges what they measured.
+fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
+    let target = probe::resolve(addr, Instant::now() + cli.timeout)?[0];
+    let connections = cli.connections.map_or(
+        if cli.mode == Mode::Pingpong { 50 } else { 1 },
+        NonZeroUsize::get,
+    );
+    let size = cli
+        .size
+        .unwrap_or(if cli.mode == Mode::Bulk { 64 << 10 } else { 64 });
+    let threads = cli
+        .threads
+        .map_or_else(num_cpus::get, NonZeroUsize::get)
+        .clamp(1, connections);
+    // Hundreds of sockets need more than a 1024 soft limit; failing here only means the
+    // connects that run out of descriptors count as errors.
+    let _ = epoll_echo::sys::raise_nofile_limit();
+
+    let start = Instant::now();
+    let plans: Vec<Plan> = (0..threads)
+        .map(|t| Plan {
+            addr: target,
+            ids: (t..connections)
+                .step_by(threads)
+                .map(|i| i as u64)
+                .collect(),
+            size,
+            deadline: start + cli.duration,
+            timeout: cli.timeout,
+            reconnect: cli.mode == Mode::Churn,
+        })
+        .collect();
+    let progress = Progress::default();
+    let stats = match cli.mode {
+        Mode::Pingpong => run_threads::<pingpong::PingPong>(&plans, &progress, start)?,
+        Mode::Bulk => run_threads::<bulk::Bulk>(&plans, &progress, start)?,
+        Mode::Churn => run_threads::<pingpong::Churn>(&plans, &progress, start)?,
+        Mode::Probe => unreachable!("probe runs on its own"),
+    };
+    Ok(Report {
+        mode: cli.mode.name(),
+        addr: target.to_string(),
+        connections,
+        threads,
+        size,
+        duration: start.elapsed(),
+        stats,
+    })
+}
+
+fn run_threads<S: Session>(
+    plans: &[Plan],
+    progress: &Progress,
+    start: Instant,
+) -> Result<Stats, String> {
+    let show_progress = std::io::stderr().is_terminal();
+    std::thread::scope(|scope| {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let mut handles = Vec::new();
+        for (t, plan) in plans.iter().enumerate() {
+            let done = done_tx.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("bench-{t}"))
+                .spawn_scoped(scope, move || {
+                    let stats = engine::run::<S>(plan, progress);
+                    drop(done);
+                    stats
+                })
+                .map_err(|e| format!("spawn thread {t}: {e}"))?;
+            handles.push(h);
+        }
+        drop(done_tx);
+        // Every sender is dropped when its thread finishes: Disconnected means all are done.
+        let mut next = start + Duration::from_secs(1);
+        while let Err(mpsc::RecvTimeoutError::Timeout) =
+            done_rx.recv_timeout(next.saturating_duration_since(Instant::now()))
+        {
+            if show_progress {
+                eprintln!("{}", progress.line(start.elapsed()));
+            }
+            next += Duration::from_secs(1);
+        }
+        let mut total = Stats::new();
+        for h in handles {
+            total.merge(
+                h.join()
+                    .map_err(|_| "a worker thread panicked".to_string())?,
+            );
+        }
+        Ok(total)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mode_defaults_to_pingpong_and_flags_parse() {
+        let cli = Cli::try_parse_from(["echo-bench"]).unwrap();
+        assert_eq!(cli.mode, Mode::Pingpong);
+        assert_eq!(cli.duration, Duration::from_secs(2));
+        let cli = Cli::try_parse_from([
+            "echo-bench",
+            "bulk",
+            "--size",
+            "1M",
+            "-d",
+            "500ms",
+            "--timeout",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!((cli.mode, cli.size), (Mode::Bulk, Some(1 << 20)));
+        assert_eq!(cli.duration, Duration::from_millis(500));
+        assert_eq!(cli.timeout, Duration::from_secs(3));
+        for bad in [
+            &["echo-bench", "nosuchmode"][..],
+            &["echo-bench", "--duration", "0"],
+            &["echo-bench", "--size", "0"],
+            &["echo-bench", "--connections", "0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

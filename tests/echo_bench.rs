@@ -1,0 +1,374 @@
+//! echo-bench end to end: against the real server it must report zero errors and exit 0;
+//! against broken servers written here (one flips bytes, one closes mid-stream, one never
+//! answers) and a closed port it must report errors and exit 1, without hanging.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BENCH: &str = env!("CARGO_BIN_EXE_echo-bench");
+const SERVER: &str = env!("CARGO_BIN_EXE_epoll-echo");
+/// No echo-bench run here may take longer (they are all asked for about a second).
+const RUN_LIMIT: Duration = Duration::from_secs(10);
+
+/// The real server on a kernel-chosen port; killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new(SERVER)
+            .args(["--port", "0", "--maxListeners", "2", "--host", "127.0.0.1"])
+            .env_remove("PORT")
+            .env_remove("MAX_LISTENERS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start epoll-echo");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        // Reads stderr until the server exits, so a chatty server never blocks on the pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split(' ').next().unwrap_or_default().to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(addr) => addr,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no 'listening on ADDR' line from epoll-echo: {e}");
+            }
+        };
+        addr.parse::<SocketAddr>()
+            .unwrap_or_else(|e| panic!("bad address {addr:?} in the startup line: {e}"));
+        Server { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Outcome {
+    /// A whole-number field of the one JSON line.
+    fn field(&self, key: &str) -> u64 {
+        let pat = format!("\"{key}\":");
+        let at = self
+            .stdout
+            .find(&pat)
+            .unwrap_or_else(|| panic!("no {key} in {:?}", self.stdout));
+        let digits: String = self.stdout[at + pat.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} in {:?}", self.stdout))
+    }
+}
+
+/// Runs echo-bench to completion (killed and failed after `RUN_LIMIT`).
+fn bench(args: &[&str]) -> Outcome {
+    let t0 = Instant::now();
+    let mut child = Command::new(BENCH)
+        .args(args)
+        .env_remove("PORT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start echo-bench");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    // stdout reaches EOF when echo-bench exits.
+    let stdout = match rx.recv_timeout(RUN_LIMIT) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("echo-bench {args:?} still running after {RUN_LIMIT:?}");
+        }
+    };
+    let status = child.wait().expect("wait for echo-bench");
+    Outcome {
+        code: status.code(),
+        stdout,
+        stderr: err_reader.join().expect("stderr reader"),
+        took: t0.elapsed(),
+    }
+}
+
+/// A `--json` run that must succeed with work done and no errors.
+fn assert_clean(mode: &str, addr: &str, extra: &[&str]) {
+    let mut args = vec![mode, "--addr", addr, "--duration", "1s", "--json"];
+    args.extend_from_slice(extra);
+    let o = bench(&args);
+    assert_eq!(o.code, Some(0), "{args:?}: {}{}", o.stdout, o.stderr);
+    assert_eq!(
+        o.stdout.lines().count(),
+        1,
+        "one line of JSON: {:?}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.starts_with(&format!("{{\"mode\":\"{mode}\",")),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(o.field("errors"), 0, "{}", o.stdout);
+    assert!(o.field("round_trips") > 0, "{}", o.stdout);
+}
+
+#[test]
+fn pingpong_against_the_real_server_is_clean() {
+    let server = Server::start();
+    assert_clean(
+        "pingpong",
+        &server.addr,
+        &["--connections", "20", "--threads", "2"],
+    );
+}
+
+#[test]
+fn bulk_against_the_real_server_is_clean() {
+    let server = Server::start();
+    assert_clean(
+        "bulk",
+        &server.addr,
+        &["--connections", "2", "--threads", "1"],
+    );
+}
+
+#[test]
+fn churn_against_the_real_server_is_clean() {
+    let server = Server::start();
+    assert_clean(
+        "churn",
+        &server.addr,
+        &["--connections", "4", "--threads", "1"],
+    );
+}
+
+#[test]
+fn probe_and_the_default_table_against_the_real_server() {
+    let server = Server::start();
+    let o = bench(&["probe", "--addr", &server.addr]);
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.starts_with(&format!("ok {} ", server.addr)),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(o.stdout.lines().count(), 1);
+
+    // No MODE and no --addr: pingpong against 127.0.0.1:$PORT, human table.
+    let port = server.addr.rsplit(':').next().unwrap();
+    let o = Command::new(BENCH)
+        .args(["--duration", "300ms", "--connections", "3"])
+        .env("PORT", port)
+        .output()
+        .expect("run echo-bench");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("pingpong → 127.0.0.1:{port}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nerrors          0\n"), "{stdout}");
+}
+
+/// How a [`Broken`] server misbehaves.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Echo everything, but flip a bit of byte 7 of every `n` bytes of each stream.
+    Flip(usize),
+    /// Echo the first `n` bytes of each connection, then close it.
+    CloseAfter(usize),
+    /// Read everything, echo nothing.
+    Silent,
+}
+
+/// A misbehaving echo server on 127.0.0.1, one thread per connection.
+struct Broken {
+    addr: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Broken {
+    fn start(fault: Fault) -> Broken {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    thread::spawn(move || serve(conn, fault));
+                }
+            }
+        });
+        Broken {
+            addr: addr.to_string(),
+            stop,
+        }
+    }
+}
+
+impl Drop for Broken {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(&self.addr); // wakes the accept loop to see `stop`
+    }
+}
+
+fn serve(mut conn: TcpStream, fault: Fault) {
+    // A client that vanishes without closing must not keep this thread forever.
+    let _ = conn.set_read_timeout(Some(RUN_LIMIT));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let out = match fault {
+            Fault::Flip(every) => {
+                for (i, b) in buf[..n].iter_mut().enumerate() {
+                    if (pos + i) % every == 7 {
+                        *b ^= 0x20;
+                    }
+                }
+                n
+            }
+            Fault::CloseAfter(limit) => n.min(limit - pos),
+            Fault::Silent => 0,
+        };
+        if conn.write_all(&buf[..out]).is_err() {
+            return;
+        }
+        pos += n;
+        if let Fault::CloseAfter(limit) = fault
+            && pos >= limit
+        {
+            return; // drops (closes) the connection mid-stream
+        }
+    }
+}
+
+/// A `--json` run that must fail with errors counted.
+fn assert_errors(mode: &str, addr: &str, extra: &[&str]) -> Outcome {
+    let mut args = vec![mode, "--addr", addr];
+    args.extend_from_slice(extra);
+    for (flag, default) in [("--duration", "1s"), ("--timeout", "1s")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
+    let o = bench(&args);
+    assert_eq!(o.code, Some(1), "{args:?}: {}{}", o.stdout, o.stderr);
+    o
+}
+
+#[test]
+fn corrupted_echo_is_an_error() {
+    let server = Broken::start(Fault::Flip(4096));
+    let o = assert_errors("pingpong", &server.addr, &["--connections", "5"]);
+    assert!(o.stdout.contains("\n  mismatch "), "{}", o.stdout);
+    assert!(o.stdout.contains("byte 7 sent 0x"), "{}", o.stdout);
+    let o = assert_errors("bulk", &server.addr, &["--json"]);
+    assert!(o.field("errors") > 0, "{}", o.stdout);
+    let o = assert_errors("probe", &server.addr, &[]);
+    assert!(
+        o.stdout
+            .starts_with(&format!("FAIL {}: byte 7 ", server.addr)),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn server_closing_mid_stream_is_an_error() {
+    let server = Broken::start(Fault::CloseAfter(1000));
+    let o = assert_errors("pingpong", &server.addr, &["--connections", "3", "--json"]);
+    assert!(o.field("errors") >= 3, "{}", o.stdout);
+    // Exchanges before the close did complete, and were counted.
+    assert!(o.field("round_trips") >= 3 * (1000 / 64), "{}", o.stdout);
+    let o = assert_errors("bulk", &server.addr, &[]);
+    assert!(
+        o.stdout.contains("\n  closed early ") || o.stdout.contains("\n  reset "),
+        "{}",
+        o.stdout
+    );
+    let short = Broken::start(Fault::CloseAfter(10));
+    let o = assert_errors("probe", &short.addr, &[]);
+    assert!(o.stdout.starts_with("FAIL "), "{}", o.stdout);
+}
+
+#[test]
+fn silent_server_and_closed_port_fail_in_bounded_time() {
+    let silent = Broken::start(Fault::Silent);
+    let o = assert_errors("probe", &silent.addr, &["--timeout", "300ms"]);
+    assert!(o.stdout.contains("timed out"), "{}", o.stdout);
+    assert!(o.took < Duration::from_secs(2), "probe took {:?}", o.took);
+    let o = assert_errors(
+        "pingpong",
+        &silent.addr,
+        &["--duration", "200ms", "--timeout", "300ms"],
+    );
+    assert!(o.stdout.contains("\n  stall "), "{}", o.stdout);
+    assert!(
+        o.took < Duration::from_secs(3),
+        "pingpong took {:?}",
+        o.took
+    );
+
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("local addr").to_string()
+    }; // dropped: nothing listens there now
+    let o = assert_errors("probe", &closed, &[]);
+    assert!(
+        o.stdout.starts_with(&format!("FAIL {closed}: connect")),
+        "{}",
+        o.stdout
+    );
+    let o = assert_errors("pingpong", &closed, &["--json"]);
+    assert_eq!(o.field("errors"), 50, "{}", o.stdout);
+    assert_eq!(o.field("round_trips"), 0, "{}", o.stdout);
+}
