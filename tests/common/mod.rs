@@ -258,11 +258,16 @@ pub fn flood_without_reading(
 /// Waits until a writer's byte count stops moving for a 200 ms observation window: every
 /// buffer between it and the server is full and the server has stopped reading it.
 pub fn wait_stalled(written: &std::sync::atomic::AtomicUsize, timeout: Duration) -> bool {
+    wait_all_stalled(&[written], timeout)
+}
+
+/// [`wait_stalled`] for several writers at once (their total stops moving).
+pub fn wait_all_stalled(written: &[&std::sync::atomic::AtomicUsize], timeout: Duration) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
     let mut last = usize::MAX;
     wait_until(timeout, || {
-        let now = written.load(Relaxed);
-        let stalled = now == last && now > 0;
+        let now: usize = written.iter().map(|w| w.load(Relaxed)).sum();
+        let stalled = now == last && written.iter().all(|w| w.load(Relaxed) > 0);
         last = now;
         if !stalled {
             std::thread::sleep(Duration::from_millis(200)); // observation window, not sync
