@@ -181,3 +181,44 @@ fn ipv6_loopback_works() {
     assert!(srv.addr.is_ipv6());
     assert_eq!(echo_round(srv.addr, b"over v6"), b"over v6");
 }
+
+/// Data and FIN that arrive together (here: before the server even accepts) must still get
+/// the echo and then EOF: after EPOLLRDHUP a short read is not the end, EOF is.
+#[test]
+fn data_and_fin_in_one_edge_get_echo_then_eof() {
+    let srv = ServerProc::start(&["--maxListeners", "1"]);
+    let clients: Vec<TcpStream> = (0..200u32)
+        .map(|i| {
+            let mut c = connect(srv.addr);
+            c.write_all(&i.to_be_bytes()).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            c
+        })
+        .collect();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).expect("echo then EOF");
+        assert_eq!(got, (i as u32).to_be_bytes(), "client {i}");
+    }
+}
+
+/// A client that half-closes while much of its echo is still pending in the server (it has
+/// not read yet, and its receive buffer is tiny) must still get all of it before EOF.
+#[test]
+fn half_close_with_echo_still_pending_gets_all_of_it() {
+    let srv = ServerProc::start(&["--maxListeners", "1", "--max-pending", "16M"]);
+    let data = pattern(4 << 20, 21);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap(); // before connect: a small window
+    sock.connect(&srv.addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // All 4 MiB go out and the write side is shut before a single byte is read back.
+    s.write_all(&data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("echo then EOF");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echo differs");
+}
