@@ -150,3 +150,38 @@ fn one_startup_line_and_no_per_connection_logs() {
         "{err}"
     );
 }
+
+#[test]
+fn stats_interval_prints_per_worker_lines() {
+    let srv = ServerProc::start(&["--maxListeners", "2", "--stats-interval", "200ms"]);
+    let mut c = connect(srv.addr);
+    std::io::Write::write_all(&mut c, b"abc").unwrap();
+    assert_eq!(read_n(&mut c, 3), b"abc");
+    assert!(
+        wait_until(Duration::from_secs(5), || srv
+            .stderr()
+            .lines()
+            .any(|l| l.starts_with("stats: active=1 accepted=1 ")
+                && l.contains("bytes_in=3 bytes_out=3"))),
+        "stats lines: {}",
+        srv.stderr()
+    );
+    let line = srv
+        .stderr()
+        .lines()
+        .find(|l| l.starts_with("stats:"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("workers=["), "{line}");
+    assert_eq!(
+        line.split("workers=[")
+            .nth(1)
+            .unwrap()
+            .split(']')
+            .next()
+            .unwrap()
+            .split(',')
+            .count(),
+        2
+    );
+}
