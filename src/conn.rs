@@ -330,3 +330,12 @@ mod tests {
         p.consume(3);
     }
 }
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn an_idle_connection_slot_is_small() {
+        // The README promises a 56-byte slot: no per-connection read buffer, no allocation.
+        assert_eq!(std::mem::size_of::<Option<super::Conn>>(), 56);
+    }
+}
