@@ -4,8 +4,9 @@
 #   docker run --rm -p 8080:8080 epoll-echo:latest --maxListeners 4
 #
 # Flags after the image name go straight to the server (exec-form ENTRYPOINT).
-# To move the port, prefer `-e PORT=9000` over `--port 9000`: the HEALTHCHECK
-# probe reads $PORT, so a `--port` flag alone would make it probe the wrong port.
+# To move the port, `-e PORT=9000` is the explicit way (server and HEALTHCHECK
+# probe both read it), but `--port 9000` works too: when nothing listens on
+# $PORT, the probe finds the one listening port in /proc/net/tcp{,6}.
 
 # ---- build stage ------------------------------------------------------------
 # Official Rust image on Debian 12: its glibc ships libc.a, which a static

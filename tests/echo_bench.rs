@@ -90,12 +90,21 @@ impl Outcome {
     }
 }
 
-/// Runs echo-bench to completion (killed and failed after `RUN_LIMIT`).
+/// Runs echo-bench without PORT to completion (killed and failed after `RUN_LIMIT`).
 fn bench(args: &[&str]) -> Outcome {
+    bench_port(args, None)
+}
+
+/// Runs echo-bench with PORT set to `port` (or unset) to completion.
+fn bench_port(args: &[&str], port: Option<u16>) -> Outcome {
     let t0 = Instant::now();
-    let mut child = Command::new(BENCH)
+    let mut cmd = Command::new(BENCH);
+    match port {
+        Some(p) => cmd.env("PORT", p.to_string()),
+        None => cmd.env_remove("PORT"),
+    };
+    let mut child = cmd
         .args(args)
-        .env_remove("PORT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -208,6 +217,47 @@ fn probe_and_the_default_table_against_the_real_server() {
         "{stdout}"
     );
     assert!(stdout.contains("\nerrors          0\n"), "{stdout}");
+}
+
+/// Nothing on the default 127.0.0.1:$PORT (as after `docker run IMAGE --port 9000` with the
+/// image's PORT=8080): probe falls back to the listening ports in /proc/net/tcp{,6}. Other
+/// tests' servers (and the host's) listen too, so it may find several and fail, naming
+/// them; either way it says so, and it never hangs.
+#[test]
+fn probe_discovers_the_port_when_the_default_refuses() {
+    let server = Server::start();
+    let port = server.addr.rsplit(':').next().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port(); // dropped: nothing listens there now
+    let o = bench_port(&["probe", "--timeout", "3s"], Some(closed));
+    assert!(o.took < Duration::from_secs(5), "probe took {:?}", o.took);
+    let discovered = format!(
+        "ok {} (discovered: nothing on 127.0.0.1:{closed}) ",
+        server.addr
+    );
+    let several = format!("FAIL 127.0.0.1:{closed}: connect: ");
+    if o.code == Some(0) {
+        assert!(o.stdout.starts_with(&discovered), "{}", o.stdout);
+    } else {
+        assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);
+        assert!(o.stdout.starts_with(&several), "{}", o.stdout);
+        let ports = o
+            .stdout
+            .split("; discovery: several listening ports: ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}", o.stdout));
+        assert!(
+            ports.trim_end().split(", ").any(|p| p == port),
+            "port {port} not among {ports:?}"
+        );
+    }
+
+    // An explicit --addr is never second-guessed.
+    let o = bench_port(&["probe", "--addr", &format!("127.0.0.1:{closed}")], None);
+    assert_eq!(o.code, Some(1), "{}", o.stdout);
+    assert!(!o.stdout.contains("discover"), "{}", o.stdout);
 }
 
 /// How a [`Broken`] server misbehaves.

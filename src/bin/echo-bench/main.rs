@@ -83,6 +83,8 @@ enum Mode {
     /// Connect, one exchange, close, repeat; latency from connect to the last echoed byte.
     Churn,
     /// One connection, one small round trip within --timeout; prints `ok` or `FAIL`, exits 0 or 1.
+    /// Without --addr, if nothing listens on the default, probes the one listening port found
+    /// in /proc/net/tcp{,6} (a container's own sockets) instead.
     Probe,
 }
 
@@ -142,17 +144,28 @@ fn main() -> ExitCode {
 }
 
 fn probe_main(addr: &str, cli: &Cli) -> ExitCode {
-    let (used, result) = probe::run(addr, cli.timeout);
+    let probe::Outcome {
+        addr: used,
+        instead_of,
+        result,
+    } = probe::run(addr, cli.addr.is_none(), cli.timeout);
+    let (note, json_note) = match &instead_of {
+        Some(d) => (
+            format!(" (discovered: nothing on {d})"),
+            format!(",\"discovered_instead_of\":{}", report::json_string(d)),
+        ),
+        None => (String::new(), String::new()),
+    };
     match (&result, cli.json) {
-        (Ok(t), false) => println!("ok {used} {}us", t.as_micros()),
-        (Err(e), false) => println!("FAIL {used}: {e}"),
+        (Ok(t), false) => println!("ok {used}{note} {}us", t.as_micros()),
+        (Err(e), false) => println!("FAIL {used}{note}: {e}"),
         (Ok(t), true) => println!(
-            "{{\"mode\":\"probe\",\"addr\":{},\"ok\":true,\"latency_us\":{:.1}}}",
+            "{{\"mode\":\"probe\",\"addr\":{}{json_note},\"ok\":true,\"latency_us\":{:.1}}}",
             report::json_string(&used),
             t.as_secs_f64() * 1e6
         ),
         (Err(e), true) => println!(
-            "{{\"mode\":\"probe\",\"addr\":{},\"ok\":false,\"error\":{}}}",
+            "{{\"mode\":\"probe\",\"addr\":{}{json_note},\"ok\":false,\"error\":{}}}",
             report::json_string(&used),
             report::json_string(e)
         ),
