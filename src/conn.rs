@@ -70,6 +70,26 @@ pub mod flag {
     pub const QUEUED: u8 = 16;
     /// Bytes moved since the last shutdown drain tick (used only while shutting down).
     pub const ACTIVE: u8 = 32;
+    /// A read filled the whole buffer: a bulk stream, echoed with splice(2) while it lasts.
+    pub const BULK: u8 = 64;
+}
+
+/// The worker's pipe for zero-copy echo of bulk streams: socket → pipe → socket with
+/// splice(2), so the bytes never cross into user space. Empty between uses.
+pub struct SplicePipe {
+    pub r: OwnedFd,
+    pub w: OwnedFd,
+}
+
+/// Bytes per splice: the same as one buffered read, so the memory bound is unchanged.
+const SPLICE_LEN: usize = 64 * 1024;
+/// A splice that moves less than this ends the bulk mode: small messages are cheaper copied.
+const SPLICE_MIN: usize = 4096;
+
+enum Spliced {
+    Eof,
+    Drained,
+    Moved(usize),
 }
 
 /// What the worker should do with a connection after [`Conn::service`].
@@ -143,9 +163,10 @@ impl Conn {
         buf: &mut [u8],
         budget: usize,
         max_pending: usize,
+        pipe: Option<&SplicePipe>,
         moved: &mut Moved,
     ) -> Outcome {
-        match self.echo(buf, budget, max_pending, moved) {
+        match self.echo(buf, budget, max_pending, pipe, moved) {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Close,
         }
@@ -156,6 +177,7 @@ impl Conn {
         buf: &mut [u8],
         budget: usize,
         max_pending: usize,
+        pipe: Option<&SplicePipe>,
         moved: &mut Moved,
     ) -> io::Result<Outcome> {
         if !self.pending.is_empty() && self.has(flag::WRITABLE) {
@@ -165,6 +187,29 @@ impl Conn {
         while self.has(flag::READABLE) && self.pending.len() <= max_pending {
             if budget == 0 {
                 return Ok(Outcome::Again);
+            }
+            if let Some(pipe) = pipe
+                && self.has(flag::BULK)
+                && self.pending.is_empty()
+                && self.has(flag::WRITABLE)
+            {
+                match self.splice_echo(pipe, buf, moved)? {
+                    Spliced::Eof => {
+                        self.flags = (self.flags | flag::EOF) & !flag::READABLE;
+                        break;
+                    }
+                    Spliced::Drained => {
+                        self.flags &= !flag::READABLE;
+                        break;
+                    }
+                    Spliced::Moved(n) => {
+                        budget = budget.saturating_sub(n);
+                        if n < SPLICE_MIN {
+                            self.flags &= !flag::BULK;
+                        }
+                        continue;
+                    }
+                }
             }
             let n = match sys::read(self.fd.as_fd(), buf) {
                 Ok(0) => {
@@ -185,6 +230,9 @@ impl Conn {
             if n < buf.len() && !self.has(flag::RDHUP) {
                 self.flags &= !flag::READABLE;
             }
+            if n == buf.len() {
+                self.flags |= flag::BULK;
+            }
             let data = &buf[..n];
             if self.pending.is_empty() && self.has(flag::WRITABLE) {
                 let w = self.send(data, moved)?;
@@ -202,6 +250,55 @@ impl Conn {
             return Ok(Outcome::Close);
         }
         Ok(Outcome::Wait)
+    }
+
+    /// Echoes up to [`SPLICE_LEN`] bytes socket → pipe → socket. What the socket does not take
+    /// is copied out of the pipe into the pending output, so the pipe is empty again on return.
+    /// Only `EAGAIN` counts as drained here: a short splice may just have run out of pipe slots.
+    fn splice_echo(
+        &mut self,
+        pipe: &SplicePipe,
+        buf: &mut [u8],
+        moved: &mut Moved,
+    ) -> io::Result<Spliced> {
+        let n = match sys::splice(self.fd.as_fd(), pipe.w.as_fd(), SPLICE_LEN) {
+            Ok(0) => return Ok(Spliced::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Spliced::Drained),
+            Err(e) => return Err(e),
+        };
+        moved.read += n;
+        let mut left = n;
+        let mut failed = None;
+        while left > 0 {
+            match sys::splice(pipe.r.as_fd(), self.fd.as_fd(), left) {
+                Ok(m) => {
+                    left -= m;
+                    moved.written += m;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if left > 0 {
+            self.flags &= !flag::WRITABLE;
+        }
+        // Empty the pipe whatever happened: the next connection must find it empty.
+        while left > 0 {
+            let room = left.min(buf.len());
+            let k = sys::read(pipe.r.as_fd(), &mut buf[..room])?;
+            if failed.is_none() {
+                self.pending.push(&buf[..k]);
+            }
+            left -= k;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(Spliced::Moved(n)),
+        }
     }
 
     /// Sends as much pending output as the socket takes.

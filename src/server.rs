@@ -39,6 +39,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub stats_interval: Option<Duration>,
     pub pin_cpus: bool,
+    pub splice: bool,
 }
 
 impl Default for Config {
@@ -54,6 +55,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             stats_interval: None,
             pin_cpus: false,
+            splice: false,
         }
     }
 }
@@ -169,6 +171,7 @@ impl Server {
                 idle_timeout_secs: config.idle_timeout.as_secs_f64().ceil().min(1e9) as u32,
                 shutdown_timeout: config.shutdown_timeout,
                 pin_cpu: config.pin_cpus.then_some(id % cpus),
+                splice: config.splice,
             };
             let (tx, rx) = mpsc::channel();
             let sh = shared.clone();

@@ -262,3 +262,9 @@ pub fn is_transient_accept_error(e: &io::Error) -> bool {
         )
     )
 }
+
+/// Sets a pipe's capacity (`F_SETPIPE_SZ`); returns the capacity granted.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
+    let size = size.min(libc::c_int::MAX as usize) as libc::c_int;
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size)).map(|n| n as usize)
+}

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::conn::{Conn, Moved, Outcome, flag};
+use crate::conn::{Conn, Moved, Outcome, SplicePipe, flag};
 use crate::idle::IdleList;
 use crate::log::Level;
 use crate::server::Shared;
@@ -68,6 +68,8 @@ pub struct WorkerConfig {
     pub idle_timeout_secs: u32,
     pub shutdown_timeout: Duration,
     pub pin_cpu: Option<usize>,
+    /// Echo bulk streams with splice(2) through a per-worker pipe.
+    pub splice: bool,
 }
 
 /// A rate-limited warning: counts occurrences, prints at most one line per second.
@@ -115,6 +117,7 @@ pub struct Worker {
     run: Vec<u32>,
     running: Vec<u32>,
     buf: Box<[u8]>,
+    pipe: Option<SplicePipe>,
     events: Box<[sys::Event]>,
     reserve: Option<OwnedFd>,
     paused_until: Option<Duration>,
@@ -170,6 +173,7 @@ impl Worker {
             .ok_or_else(|| io::Error::other("listener has no IP address"))?;
         let listener: OwnedFd = socket.into();
         let epoll = sys::Epoll::new()?;
+        let splice = cfg.splice;
         epoll.add(listener.as_fd(), sys::EPOLLIN, LISTENER)?;
         epoll.add(wake.as_fd(), sys::EPOLLIN, WAKE)?;
         Ok(Worker {
@@ -187,6 +191,12 @@ impl Worker {
             run: Vec::new(),
             running: Vec::new(),
             buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            // Without a pipe (descriptors short at startup), bulk streams are copied instead.
+            pipe: splice.then(sys::pipe).and_then(Result::ok).map(|(r, w)| {
+                // Room for a whole splice even when it arrives in small fragments.
+                let _ = sys::set_pipe_size(w.as_fd(), 4 * BUF_SIZE);
+                SplicePipe { r, w }
+            }),
             events: vec![sys::Event::zeroed(); EVENTS].into_boxed_slice(),
             reserve: sys::eventfd().ok(),
             paused_until: None,
@@ -266,7 +276,13 @@ impl Worker {
             };
             c.flags &= !flag::QUEUED;
             let mut moved = Moved::default();
-            let outcome = c.service(&mut self.buf, TURN_BUDGET, self.cfg.max_pending, &mut moved);
+            let outcome = c.service(
+                &mut self.buf,
+                TURN_BUDGET,
+                self.cfg.max_pending,
+                self.pipe.as_ref(),
+                &mut moved,
+            );
             if moved.read + moved.written > 0 {
                 c.flags |= flag::ACTIVE;
             }

@@ -115,14 +115,33 @@ fn run_client(addr: SocketAddr, behaviour: Behaviour, seed: u64) -> Result<(), S
     Ok(())
 }
 
-#[test]
-fn randomized_client_mix_keeps_every_echo_exact() {
-    let seed: u64 = std::env::var("CHAOS_SEED")
+fn seed(default: u64) -> u64 {
+    let seed = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20261121);
+        .unwrap_or(default);
     eprintln!("CHAOS_SEED={seed}");
-    let srv = ServerProc::start(&["--maxListeners", "2", "--max-pending", "64K"]);
+    seed
+}
+
+#[test]
+fn randomized_client_mix_keeps_every_echo_exact() {
+    run_mix(
+        &["--maxListeners", "2", "--max-pending", "64K"],
+        seed(20261121),
+    );
+}
+
+#[test]
+fn randomized_client_mix_with_splice() {
+    run_mix(
+        &["--maxListeners", "2", "--max-pending", "64K", "--splice"],
+        seed(7),
+    );
+}
+
+fn run_mix(args: &[&str], seed: u64) {
+    let srv = ServerProc::start(args);
     let baseline = srv.fd_count();
     let mut rng = Rng(seed | 1);
     let behaviours = [
