@@ -46,7 +46,7 @@ const WAKE: u64 = u64::MAX;
 /// The worker's one read buffer, shared by all its connections.
 pub const BUF_SIZE: usize = 64 * 1024;
 /// Bytes read from one connection per loop turn before the others get their turn.
-pub const TURN_BUDGET: usize = 4 * BUF_SIZE;
+pub const TURN_BUDGET: usize = BUF_SIZE;
 /// Connections accepted per loop turn.
 pub const ACCEPT_BATCH: usize = 128;
 const EVENTS: usize = 1024;
