@@ -185,3 +185,15 @@ fn stats_interval_prints_per_worker_lines() {
         2
     );
 }
+
+#[test]
+fn readme_shows_the_real_help() {
+    let out = run(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("$ epoll-echo --help\n{help}```")),
+        "README's --help block is stale: paste the output of `epoll-echo --help`"
+    );
+}
