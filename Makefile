@@ -4,8 +4,9 @@ PORT ?= 8080
 ARGS ?=
 STATIC_TARGET := x86_64-unknown-linux-gnu
 IMAGE ?= epoll-echo:latest
+DOCKER ?= docker
 
-.PHONY: build run test lint fmt clean static check-static docker bench smoke
+.PHONY: build run test lint fmt clean static check-static check-image docker bench
 
 build:
 	$(CARGO) build --release --locked
@@ -36,8 +37,13 @@ static:
 check-static: static
 	bash scripts/check-static.sh
 
+## Builds the Dockerfile's FROM scratch stage with podman and checks its config (needs podman).
+check-image: static
+	bash scripts/check-image.sh
+
+## The image (make docker DOCKER=podman works too).
 docker:
-	docker build -t $(IMAGE) .
+	$(DOCKER) build -t $(IMAGE) .
 
 ## Benchmarks (not tests): server pinned to CPU 0, load to CPU 1, references in the same run.
 bench:
