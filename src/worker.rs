@@ -424,11 +424,13 @@ impl Worker {
 
     /// SIGINT/SIGTERM: stop accepting, close idle connections, keep draining the others.
     fn begin_shutdown(&mut self) {
+        // Empty the (level-triggered) pipe on every wake-up, a repeated request included,
+        // or epoll would report it again at once, for ever.
+        let mut byte = [0u8; 8];
+        while matches!(sys::read(self.wake.as_fd(), &mut byte), Ok(n) if n > 0) {}
         if self.drain_deadline.is_some() {
             return;
         }
-        let mut byte = [0u8; 8];
-        while matches!(sys::read(self.wake.as_fd(), &mut byte), Ok(n) if n > 0) {}
         self.listener = None; // close(2) also removes it from epoll
         self.paused_until = None;
         self.drain_deadline = Some(self.now + self.cfg.shutdown_timeout);

@@ -65,3 +65,70 @@ fn a_failed_bind_leaves_no_worker_running() {
     assert!(err.to_string().contains("in use"), "{err}");
     assert!(err.to_string().contains("worker 0"), "{err}");
 }
+
+/// CPU time (user + system) of this process's threads whose name starts with `worker-`.
+fn workers_cpu() -> Duration {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("worker-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_string()) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    }
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn repeated_shutdown_requests_do_not_spin_the_draining_workers() {
+    let config = Config {
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        workers: 1,
+        shutdown_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let server = Server::new(config).unwrap();
+    let handle = server.shutdown_handle();
+    let running = server.start().unwrap();
+    // A client that never reads keeps the worker draining after shutdown.
+    let mut c = TcpStream::connect(running.local_addr()).unwrap();
+    c.set_nonblocking(true).unwrap();
+    let chunk = vec![7u8; 65536];
+    let mut stalled = 0;
+    while stalled < 50 {
+        match c.write(&chunk) {
+            Ok(_) => stalled = 0,
+            Err(_) => {
+                stalled += 1;
+                std::thread::sleep(Duration::from_millis(2)); // the client's pacing
+            }
+        }
+    }
+    let addr = running.local_addr();
+    handle.shutdown();
+    // Once the listener is closed the worker is draining; then ask again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).is_ok() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(TcpStream::connect(addr).is_err(), "listener still open");
+    assert!(!handle.shutdown());
+    let before = workers_cpu();
+    let t = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(500)); // measurement window, not sync
+    let used = workers_cpu().saturating_sub(before);
+    assert!(
+        used < t.elapsed() / 5,
+        "draining worker burned {used:?} CPU in {:?}",
+        t.elapsed()
+    );
+    drop(c);
+    running.wait().unwrap();
+}
