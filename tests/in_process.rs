@@ -104,7 +104,10 @@ fn repeated_shutdown_requests_do_not_spin_the_draining_workers() {
     let mut stalled = 0;
     while stalled < 50 {
         match c.write(&chunk) {
-            Ok(_) => stalled = 0,
+            Ok(n) => {
+                assert!(n > 0);
+                stalled = 0;
+            }
             Err(_) => {
                 stalled += 1;
                 std::thread::sleep(Duration::from_millis(2)); // the client's pacing
