@@ -126,6 +126,7 @@ pub struct Worker {
     counters: Counters,
     refusals: Throttled,
     fd_exhaustion: Throttled,
+    accept_errors: Throttled,
     now: Duration,
 }
 
@@ -205,6 +206,7 @@ impl Worker {
             counters: Counters::default(),
             refusals: Throttled::default(),
             fd_exhaustion: Throttled::default(),
+            accept_errors: Throttled::default(),
             now: sys::coarse_now(),
         })
     }
@@ -342,8 +344,16 @@ impl Worker {
                 Err(e) if sys::is_out_of_fds(&e) => return self.out_of_fds(&e),
                 Err(e) if sys::is_transient_accept_error(&e) => continue,
                 Err(e) => {
-                    log!(Level::Warn, "accept on {}: {e}", self.local_addr);
-                    return;
+                    // Unexpected: say so (rate-limited) and rest the listener rather than
+                    // have the level-triggered listener report the same failure in a loop.
+                    if let Some(n) = self.accept_errors.hit(self.now) {
+                        log!(
+                            Level::Warn,
+                            "accept on {}: {e} ({n} time(s))",
+                            self.local_addr
+                        );
+                    }
+                    return self.pause_listener();
                 }
             }
         }
@@ -415,11 +425,16 @@ impl Worker {
             );
         }
         if !shed || self.reserve.is_none() {
-            if let Some(listener) = self.listener.as_ref() {
-                let _ = self.epoll.modify(listener.as_fd(), 0, LISTENER);
-            }
-            self.paused_until = Some(self.now + ACCEPT_PAUSE);
+            self.pause_listener();
         }
+    }
+
+    /// Stops watching the listener for [`ACCEPT_PAUSE`]; `on_timers` resumes it.
+    fn pause_listener(&mut self) {
+        if let Some(listener) = self.listener.as_ref() {
+            let _ = self.epoll.modify(listener.as_fd(), 0, LISTENER);
+        }
+        self.paused_until = Some(self.now + ACCEPT_PAUSE);
     }
 
     /// SIGINT/SIGTERM: stop accepting, close idle connections, keep draining the others.
@@ -468,6 +483,7 @@ impl Worker {
             self.paused_until,
             self.refusals.deadline(),
             self.fd_exhaustion.deadline(),
+            self.accept_errors.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -499,6 +515,13 @@ impl Worker {
         }
         if let Some(n) = self.refusals.due(self.now) {
             self.log_refusals(n);
+        }
+        if let Some(n) = self.accept_errors.due(self.now) {
+            log!(
+                Level::Warn,
+                "accept on {}: failed {n} more time(s)",
+                self.local_addr
+            );
         }
         if let Some(n) = self.fd_exhaustion.due(self.now) {
             log!(
