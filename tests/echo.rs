@@ -180,6 +180,19 @@ fn ipv6_loopback_works() {
     let srv = ServerProc::spawn(cmd);
     assert!(srv.addr.is_ipv6());
     assert_eq!(echo_round(srv.addr, b"over v6"), b"over v6");
+    // `::` listens on both families (unless the system sets net.ipv6.bindv6only).
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["--host", "::", "--port", "0", "--maxListeners", "2"]);
+    let any = ServerProc::spawn(cmd);
+    let port = any.addr.port();
+    assert_eq!(
+        echo_round(([0u16, 0, 0, 0, 0, 0, 0, 1], port).into(), b"v6"),
+        b"v6"
+    );
+    let v6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").unwrap_or_default();
+    if v6only.trim() == "0" {
+        assert_eq!(echo_round(([127, 0, 0, 1], port).into(), b"v4"), b"v4");
+    }
 }
 
 /// Data and FIN that arrive together (here: before the server even accepts) must still get
