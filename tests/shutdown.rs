@@ -95,15 +95,7 @@ fn listener_closes_at_once_on_shutdown() {
 #[test]
 fn shutdown_timeout_closes_stuck_clients() {
     let mut srv = ServerProc::start(&["--maxListeners", "1", "--shutdown-timeout", "300ms"]);
-    let mut s = connect(srv.addr);
-    s.write_all(b"x").unwrap();
-    assert_eq!(read_n(&mut s, 1), b"x", "connection is being served");
-    // A client that never reads: the server cannot drain it.
-    let (writer, written) = flood_without_reading(&s);
-    assert!(
-        wait_stalled(&written, Duration::from_secs(20)),
-        "writer never blocked"
-    );
+    let (s, writer) = stuck_client(srv.addr);
     let t = Instant::now();
     srv.signal("TERM");
     let status = srv
@@ -121,14 +113,7 @@ fn shutdown_timeout_closes_stuck_clients() {
 #[test]
 fn second_signal_exits_at_once_with_130() {
     let mut srv = ServerProc::start(&["--maxListeners", "1", "--shutdown-timeout", "60s"]);
-    let mut s = connect(srv.addr);
-    s.write_all(b"x").unwrap();
-    assert_eq!(read_n(&mut s, 1), b"x", "connection is being served");
-    let (writer, written) = flood_without_reading(&s);
-    assert!(
-        wait_stalled(&written, Duration::from_secs(20)),
-        "writer never blocked"
-    );
+    let (s, writer) = stuck_client(srv.addr);
     srv.signal("TERM");
     assert!(
         wait_until(Duration::from_secs(5), || srv

@@ -275,3 +275,18 @@ pub fn wait_all_stalled(written: &[&std::sync::atomic::AtomicUsize], timeout: Du
         stalled
     })
 }
+
+/// A served client that then writes without ever reading, returned once every buffer between
+/// it and the server is full: the server cannot drain it. Its writer thread ends when the
+/// connection breaks.
+pub fn stuck_client(addr: SocketAddr) -> (TcpStream, std::thread::JoinHandle<()>) {
+    let mut s = connect(addr);
+    s.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut s, 1), b"x", "connection is being served");
+    let (writer, written) = flood_without_reading(&s);
+    assert!(
+        wait_stalled(&written, Duration::from_secs(20)),
+        "writer never blocked"
+    );
+    (s, writer)
+}
