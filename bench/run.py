@@ -58,6 +58,7 @@ ROWS = [
     ("fairness", "max_us", "fairness: pingpong max µs with a bulk stream", 0),
     ("idle", "rss_per_conn", "idle 10k: RSS bytes/conn", 0),
     ("idle", "rss_per_conn_touched", "idle 10k after one echo each: RSS bytes/conn", 0),
+    ("idle", "idle_cpu_ms_per_s", "idle 10k: server CPU ms per second while idle", 0),
 ]
 
 
@@ -575,9 +576,13 @@ def run_idle(ctx, srv, n):
                 bad += 1
         time.sleep(0.5)
         rss2 = rss_bytes(proc.pid)
+        # then leave them idle: a server that scans its connections on a timer shows here
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(2.0 if ctx.args.quick else 5.0)
+        idle_cpu_ms_per_s = (cpu_seconds(proc.pid) - cpu0) * 1000 / (time.monotonic() - t0)
         raw = {"conns": n, "rss_before": rss0, "rss_idle": rss1, "rss_touched": rss2,
                "rss_per_conn": (rss1 - rss0) / n, "rss_per_conn_touched": (rss2 - rss0) / n,
-               "echo_failures": bad}
+               "idle_cpu_ms_per_s": idle_cpu_ms_per_s, "echo_failures": bad}
         if bad:
             raise Failed(f"{bad} of {n} idle connections did not echo one byte")
         return raw
@@ -749,7 +754,8 @@ def brief(r):
         return "FAILED: " + r["failed"]
     keys = [k for k in ("cpu_us_per_rt", "syscalls_per_rt", "rt_per_s", "cpu_s_per_gb",
                         "gb_per_s", "syscalls_per_mb", "cpu_us_per_conn", "syscalls_per_conn",
-                        "p99_us", "rss_per_conn", "rss_per_conn_touched") if k in r]
+                        "p99_us", "rss_per_conn", "rss_per_conn_touched",
+                        "idle_cpu_ms_per_s") if k in r]
     return " ".join(f"{k}={fmt(r[k], 3)}" for k in keys)
 
 
