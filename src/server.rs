@@ -157,6 +157,13 @@ impl Server {
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| nofile.saturating_sub(reserved).max(1) as usize);
+        let budget = nofile.saturating_sub(reserved);
+        if max_connections as u64 > budget {
+            log!(
+                Level::Warn,
+                "--max-connections {max_connections} is above the {budget} descriptors left by the open-files limit ({nofile}): accept will fail with EMFILE before the limit is reached (raise ulimit -n)"
+            );
+        }
         let cpus = num_cpus::get();
         let mut addr = SocketAddr::new(config.host, config.port);
         let mut workers = Vec::with_capacity(config.workers);
