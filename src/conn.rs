@@ -99,8 +99,10 @@ pub enum Outcome {
     Wait,
     /// Still readable but this turn's budget is spent: serve again after the others.
     Again,
-    /// Done (EOF with everything echoed) or broken (reset, EPIPE, error): close it.
+    /// Done: EOF, and everything echoed. Close it (FIN).
     Close,
+    /// Broken (reset, EPIPE, another error): close it.
+    Failed(io::ErrorKind),
 }
 
 /// Byte counts moved by one [`Conn::service`] call.
@@ -168,7 +170,7 @@ impl Conn {
     ) -> Outcome {
         match self.echo(buf, budget, max_pending, pipe, moved) {
             Ok(outcome) => outcome,
-            Err(_) => Outcome::Close,
+            Err(e) => Outcome::Failed(e.kind()),
         }
     }
 

@@ -130,6 +130,17 @@ pub struct Worker {
     now: Duration,
 }
 
+/// The client's address for debug logs (`getpeername`, only called when they are on).
+fn peer(fd: &OwnedFd) -> String {
+    match socket2::SockRef::from(fd)
+        .peer_addr()
+        .map(|a| a.as_socket())
+    {
+        Ok(Some(a)) => a.to_string(),
+        _ => "a client that has gone".to_string(),
+    }
+}
+
 /// Creates the listening socket: new → SO_REUSEPORT → nonblocking → bind → listen.
 fn listen(cfg: &WorkerConfig) -> io::Result<Socket> {
     let step = |what: &str, e: io::Error| {
@@ -302,7 +313,8 @@ impl Worker {
                     }
                     self.run.push(idx);
                 }
-                Outcome::Close => self.close(idx, "done"),
+                Outcome::Close => self.close(idx, "client finished"),
+                Outcome::Failed(kind) => self.close(idx, kind),
                 Outcome::Wait if self.drain_deadline.is_some() && finished => {
                     self.close(idx, "drained at shutdown")
                 }
@@ -313,7 +325,7 @@ impl Worker {
         self.running = running;
     }
 
-    fn close(&mut self, idx: u32, why: &str) {
+    fn close(&mut self, idx: u32, why: impl std::fmt::Display) {
         if self.slab[idx as usize].is_none() {
             return;
         }
@@ -323,7 +335,8 @@ impl Worker {
         let conn = self.slab[idx as usize].take().expect("checked above");
         log!(
             Level::Debug,
-            "close slot {idx} ({why}), {} bytes unsent",
+            "close {} ({why}), {} byte(s) unsent",
+            peer(&conn.fd),
             conn.pending.len()
         );
         drop(conn); // close(2): FIN, or RST if unread input remains
@@ -392,7 +405,11 @@ impl Worker {
             let secs = self.secs();
             self.idle.push(&mut self.slab, idx, secs);
         }
-        log!(Level::Debug, "accepted slot {idx}");
+        log!(
+            Level::Debug,
+            "accept {}",
+            peer(&self.slab[idx as usize].as_ref().unwrap().fd)
+        );
     }
 
     fn log_refusals(&self, n: u64) {

@@ -197,3 +197,23 @@ fn readme_shows_the_real_help() {
         "README's --help block is stale: paste the output of `epoll-echo --help`"
     );
 }
+
+#[test]
+fn verbose_logs_each_connection_with_its_address() {
+    let srv = ServerProc::start(&["--maxListeners", "1", "-v"]);
+    let c = connect(srv.addr);
+    let me = c.local_addr().unwrap();
+    drop(c);
+    assert!(
+        wait_until(Duration::from_secs(5), || srv
+            .stderr()
+            .contains(&format!("close {me} (client finished)"))),
+        "{}",
+        srv.stderr()
+    );
+    assert!(
+        srv.stderr().contains(&format!("debug: accept {me}")),
+        "{}",
+        srv.stderr()
+    );
+}
