@@ -54,7 +54,7 @@ const EVENTS: usize = 1024;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LOG_EVERY: Duration = Duration::from_secs(1);
 /// While shutting down, a connection quiet for a whole tick with nothing pending is closed.
-const DRAIN_TICK: Duration = Duration::from_millis(100);
+const DRAIN_TICK: Duration = Duration::from_secs(1);
 
 /// What one worker needs to know, fixed at startup.
 #[derive(Clone, Debug)]
