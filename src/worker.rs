@@ -22,6 +22,10 @@
 //!   still readable after its budget goes to the back of the run queue, and the worker polls
 //!   epoll without blocking until the queue is empty, so a fast sender cannot starve others.
 //!
+//! - **Splice** (opt-in, `--splice`): a connection whose read filled the buffer is a bulk
+//!   stream; while it stays one, it is echoed socket → worker pipe → socket with splice(2), and
+//!   only `EAGAIN` counts as drained (a short splice may just have run out of pipe slots).
+//!
 //! The listener is level-triggered: each turn accepts at most [`ACCEPT_BATCH`] clients and
 //! epoll reports it again while its backlog is not empty.
 
@@ -415,7 +419,7 @@ impl Worker {
     fn log_refusals(&self, n: u64) {
         log!(
             Level::Warn,
-            "refused {n} connection(s) in the last second: --max-connections {} reached",
+            "refused {n} connection(s) since the last report: --max-connections {} reached",
             self.cfg.max_connections
         );
     }
@@ -438,7 +442,7 @@ impl Worker {
         if let Some(n) = self.fd_exhaustion.hit(self.now) {
             log!(
                 Level::Warn,
-                "accept: {e}; {n} time(s) in the last second; refusing new clients until descriptors free up"
+                "accept: {e} ({n} time(s) since the last report); refusing new clients until descriptors free up"
             );
         }
         if !shed || self.reserve.is_none() {
