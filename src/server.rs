@@ -153,6 +153,9 @@ impl Server {
             wake_readers,
         } = self;
         let nofile = sys::raise_nofile_limit()?;
+        if config.splice {
+            sys::ignore_sigpipe();
+        }
         let reserved = FDS_PER_WORKER * config.workers as u64 + FDS_FOR_PROCESS;
         let max_connections = config
             .max_connections

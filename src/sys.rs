@@ -268,3 +268,10 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
     let size = size.min(libc::c_int::MAX as usize) as libc::c_int;
     syscall!(fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size)).map(|n| n as usize)
 }
+
+/// Ignores SIGPIPE process-wide. Sends use `MSG_NOSIGNAL`, but splice(2) into a socket has no
+/// such flag, so `--splice` needs this (Rust binaries already ignore SIGPIPE; embedders may not).
+pub fn ignore_sigpipe() {
+    // SAFETY: installs the SIG_IGN disposition; no handler code runs, nothing is shared.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}

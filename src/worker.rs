@@ -590,10 +590,18 @@ mod tests {
     fn throttled_warnings_print_at_most_once_a_second_with_the_count() {
         let mut t = Throttled::default();
         let at = |ms| Duration::from_millis(ms);
-        assert_eq!(t.hit(at(10_000)), Some(1), "the first one is reported at once");
+        assert_eq!(
+            t.hit(at(10_000)),
+            Some(1),
+            "the first one is reported at once"
+        );
         assert_eq!(t.hit(at(10_100)), None);
         assert_eq!(t.hit(at(10_900)), None);
-        assert_eq!(t.deadline(), Some(at(11_000)), "a line is due when the second is up");
+        assert_eq!(
+            t.deadline(),
+            Some(at(11_000)),
+            "a line is due when the second is up"
+        );
         assert_eq!(t.due(at(10_999)), None);
         assert_eq!(t.due(at(11_000)), Some(2), "the held-back ones, counted");
         assert_eq!(t.deadline(), None, "nothing left to report");
