@@ -118,12 +118,7 @@ fn half_close_gets_the_whole_echo_then_eof() {
     for size in [1, 1000, BUF + 1, 3 * 1024 * 1024] {
         let data = pattern(size, size as u64);
         let mut s = connect(srv.addr);
-        let mut w = s.try_clone().unwrap();
-        let d = data.clone();
-        let writer = std::thread::spawn(move || {
-            w.write_all(&d).unwrap();
-            w.shutdown(Shutdown::Write).unwrap();
-        });
+        let writer = send_then_half_close(&s, &data);
         let mut got = Vec::new();
         s.read_to_end(&mut got).expect("echo then EOF");
         writer.join().unwrap();
@@ -223,11 +218,7 @@ fn data_and_fin_in_one_edge_get_echo_then_eof() {
 fn half_close_with_echo_still_pending_gets_all_of_it() {
     let srv = ServerProc::start(&["--maxListeners", "1", "--max-pending", "16M"]);
     let data = pattern(4 << 20, 21);
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap(); // before connect: a small window
-    sock.connect(&srv.addr.into()).unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut s = connect_small_window(srv.addr);
     // All 4 MiB go out and the write side is shut before a single byte is read back.
     s.write_all(&data).unwrap();
     s.shutdown(Shutdown::Write).unwrap();

@@ -52,11 +52,7 @@ fn pending_echo_is_delivered_after_sigterm() {
     ]);
     let data = pattern(6 * 1024 * 1024, 77);
     // A tiny receive window: most of the echo waits in the server, unsent, at SIGTERM.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&srv.addr.into()).unwrap();
-    let mut s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut s = connect_small_window(srv.addr);
     s.write_all(&data).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     srv.signal("TERM");
@@ -64,11 +60,7 @@ fn pending_echo_is_delivered_after_sigterm() {
     s.read_to_end(&mut got).expect("the whole echo, then EOF");
     assert_eq!(got.len(), data.len());
     assert!(got == data, "echo differs after shutdown began");
-    assert_eq!(
-        srv.wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    srv.assert_exit(0, Duration::from_secs(10));
 }
 
 /// A client still streaming when SIGTERM arrives keeps being served while it is busy.
@@ -77,12 +69,7 @@ fn a_busy_client_is_served_through_shutdown() {
     let mut srv = ServerProc::start(&["--maxListeners", "1", "--shutdown-timeout", "20s"]);
     let data = pattern(6 * 1024 * 1024, 78);
     let mut s = connect(srv.addr);
-    let mut w = s.try_clone().unwrap();
-    let d = data.clone();
-    let writer = std::thread::spawn(move || {
-        w.write_all(&d).unwrap();
-        w.shutdown(Shutdown::Write).unwrap();
-    });
+    let writer = send_then_half_close(&s, &data);
     let first = read_n(&mut s, 1000);
     srv.signal("TERM");
     let mut rest = Vec::new();
@@ -92,11 +79,7 @@ fn a_busy_client_is_served_through_shutdown() {
     let mut got = first;
     got.extend(rest);
     assert!(got == data, "echo differs after shutdown began");
-    assert_eq!(
-        srv.wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    srv.assert_exit(0, Duration::from_secs(10));
 }
 
 #[test]
@@ -115,11 +98,7 @@ fn listener_closes_at_once_on_shutdown() {
         "new connections refused"
     );
     drop(s);
-    assert_eq!(
-        srv.wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    srv.assert_exit(0, Duration::from_secs(10));
 }
 
 #[test]
@@ -165,9 +144,6 @@ fn signal_right_at_startup_still_shuts_down_gracefully() {
     for _ in 0..5 {
         let mut srv = ServerProc::start(&["--maxListeners", "2"]);
         srv.signal("TERM");
-        assert_eq!(
-            srv.wait_exit(Duration::from_secs(5)).and_then(|s| s.code()),
-            Some(0)
-        );
+        srv.assert_exit(0, Duration::from_secs(5));
     }
 }

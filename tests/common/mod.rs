@@ -137,6 +137,19 @@ impl ServerProc {
         status
     }
 
+    /// Asserts the process exits with `code` within `timeout`.
+    pub fn assert_exit(&mut self, code: i32, timeout: Duration) {
+        let status = self
+            .wait_exit(timeout)
+            .unwrap_or_else(|| panic!("still running after {timeout:?}: {}", self.stderr()));
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "exit status; stderr: {}",
+            self.stderr()
+        );
+    }
+
     /// Open descriptors of the server process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -289,4 +302,30 @@ pub fn stuck_client(addr: SocketAddr) -> (TcpStream, std::thread::JoinHandle<()>
         "writer never blocked"
     );
     (s, writer)
+}
+
+/// Writes `data` from a thread, then shuts down the write side (as `nc -N` does).
+pub fn send_then_half_close(s: &TcpStream, data: &[u8]) -> std::thread::JoinHandle<()> {
+    let mut w = s.try_clone().unwrap();
+    let data = data.to_vec();
+    std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    })
+}
+
+/// Connects with a 4 KiB receive buffer (set before connect, so the window stays small):
+/// the server cannot send ahead, so its echo waits in its pending output.
+pub fn connect_small_window(addr: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
 }
