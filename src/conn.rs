@@ -306,39 +306,34 @@ impl Conn {
     /// Sends as much pending output as the socket takes.
     fn flush(&mut self, moved: &mut Moved) -> io::Result<()> {
         while !self.pending.is_empty() {
-            let w = {
-                let data = self.pending.as_slice();
-                let fd = self.fd.as_fd();
-                match sys::send(fd, data) {
-                    Ok(w) => w,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                    Err(e) => return Err(e),
-                }
-            };
-            moved.written += w;
-            let full = w == self.pending.len();
+            let pending = self.pending.len();
+            let w = send_some(&self.fd, self.pending.as_slice(), &mut self.flags, moved)?;
             self.pending.consume(w);
-            if !full {
-                self.flags &= !flag::WRITABLE;
+            if w < pending {
                 break;
             }
         }
         Ok(())
     }
 
-    /// Sends `data`; a short count (or EAGAIN, as 0) clears WRITABLE until the next EPOLLOUT.
     fn send(&mut self, data: &[u8], moved: &mut Moved) -> io::Result<usize> {
-        let w = match sys::send(self.fd.as_fd(), data) {
-            Ok(w) => w,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
-        };
-        moved.written += w;
-        if w < data.len() {
-            self.flags &= !flag::WRITABLE;
-        }
-        Ok(w)
+        send_some(&self.fd, data, &mut self.flags, moved)
     }
+}
+
+/// Sends what the socket takes of `data`; a short count (or EAGAIN, as 0) clears WRITABLE
+/// until the next EPOLLOUT edge.
+fn send_some(fd: &OwnedFd, data: &[u8], flags: &mut u8, moved: &mut Moved) -> io::Result<usize> {
+    let w = match sys::send(fd.as_fd(), data) {
+        Ok(w) => w,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    moved.written += w;
+    if w < data.len() {
+        *flags &= !flag::WRITABLE;
+    }
+    Ok(w)
 }
 
 #[cfg(test)]
