@@ -81,6 +81,55 @@ pub struct Cli {
     /// Log level.
     #[arg(long, value_enum, value_name = "LEVEL", allow_hyphen_values = true)]
     pub log_level: Option<Level>,
+
+    /// Most open connections per client address across all workers; more are reset at once
+    /// (0: unlimited). IPv6 clients are grouped by --ipv6-prefix.
+    #[arg(
+        long,
+        env = "MAX_CONNS_PER_IP",
+        default_value_t = 0,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
+    pub max_conns_per_ip: u32,
+
+    /// New connections per second per client address, in bursts of up to N; more are reset at
+    /// once (0: unlimited).
+    #[arg(
+        long,
+        env = "ACCEPT_RATE_PER_IP",
+        default_value_t = 0,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
+    pub accept_rate_per_ip: u32,
+
+    /// IPv6 clients in the same /N network count as one client for the per-IP limits.
+    #[arg(long, default_value_t = crate::limits::DEFAULT_IPV6_PREFIX, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=128), allow_hyphen_values = true)]
+    pub ipv6_prefix: u8,
+
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy's send-proxy
+    /// and send-proxy-v2 send it): its source is the client for logs and per-IP limits.
+    /// Connections without a valid header are closed unechoed.
+    #[arg(long, env = "PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    /// With --proxy-protocol: close a connection whose header has not arrived whole by then.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_header_timeout, allow_hyphen_values = true)]
+    pub proxy_header_timeout: Duration,
+}
+
+/// A header timeout: more than zero, at most an hour.
+fn parse_header_timeout(s: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    if d > Duration::from_secs(3600) {
+        return Err(format!("'{s}' is more than the limit of 1h"));
+    }
+    Ok(d)
 }
 
 fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
@@ -150,6 +199,11 @@ impl Cli {
             stats_interval: self.stats_interval,
             pin_cpus: self.pin_cpus,
             splice: self.splice,
+            max_conns_per_ip: self.max_conns_per_ip,
+            accept_rate_per_ip: self.accept_rate_per_ip,
+            ipv6_prefix: self.ipv6_prefix,
+            proxy_protocol: self.proxy_protocol,
+            proxy_header_timeout: self.proxy_header_timeout,
         }
     }
 }

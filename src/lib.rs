@@ -10,6 +10,7 @@ pub mod cli;
 pub mod conn;
 pub mod duration;
 pub mod idle;
+pub mod limits;
 pub mod log;
 pub mod proxy;
 pub mod server;

@@ -40,6 +40,14 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     pub pin_cpus: bool,
     pub splice: bool,
+    /// `--max-conns-per-ip`; 0: unlimited.
+    pub max_conns_per_ip: u32,
+    /// `--accept-rate-per-ip`; 0: unlimited.
+    pub accept_rate_per_ip: u32,
+    /// `--ipv6-prefix`, 1..=128.
+    pub ipv6_prefix: u8,
+    pub proxy_protocol: bool,
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for Config {
@@ -56,6 +64,11 @@ impl Default for Config {
             stats_interval: None,
             pin_cpus: false,
             splice: false,
+            max_conns_per_ip: 0,
+            accept_rate_per_ip: 0,
+            ipv6_prefix: crate::limits::DEFAULT_IPV6_PREFIX,
+            proxy_protocol: false,
+            proxy_header_timeout: Duration::from_secs(5),
         }
     }
 }
