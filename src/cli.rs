@@ -112,11 +112,11 @@ pub struct Cli {
     /// Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy's send-proxy
     /// and send-proxy-v2 send it): its source is the client for logs and per-IP limits.
     /// Connections without a valid header are closed unechoed.
-    #[arg(long, env = "PROXY_PROTOCOL")]
+    #[arg(long, env = "PROXY_PROTOCOL", value_parser = clap::builder::BoolishValueParser::new())]
     pub proxy_protocol: bool,
 
     /// With --proxy-protocol: close a connection whose header has not arrived whole by then.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_header_timeout, allow_hyphen_values = true)]
+    #[arg(long, default_value = "5s", value_name = "TIME", value_parser = parse_header_timeout, allow_hyphen_values = true)]
     pub proxy_header_timeout: Duration,
 }
 

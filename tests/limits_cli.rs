@@ -90,6 +90,12 @@ fn bad_limit_and_proxy_values_exit_2_naming_the_flag() {
     );
     assert_usage_error(
         &[],
+        &[("PROXY_PROTOCOL", "maybe")],
+        "--proxy-protocol",
+        "maybe",
+    );
+    assert_usage_error(
+        &[],
         &[("ACCEPT_RATE_PER_IP", "-1")],
         "--accept-rate-per-ip",
         "-1",
@@ -111,6 +117,14 @@ fn good_values_start_the_server_and_show_in_help() {
         "250ms",
     ]);
     assert_eq!(echo_round(srv.addr, b"ok"), b"ok");
+    drop(srv);
+    // The environment takes the usual spellings of a boolean.
+    for yes in ["1", "on", "yes", "true"] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--host", "127.0.0.1", "--port", "0", "--maxListeners", "1"]);
+        cmd.env("PROXY_PROTOCOL", yes);
+        drop(ServerProc::spawn(cmd));
+    }
     let out = run(&["--help"], &[]);
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -118,7 +132,7 @@ fn good_values_start_the_server_and_show_in_help() {
         "--accept-rate-per-ip <N>",
         "--ipv6-prefix <N>",
         "--proxy-protocol",
-        "--proxy-header-timeout <DURATION>",
+        "--proxy-header-timeout <TIME>",
         "[env: MAX_CONNS_PER_IP=]",
         "[default: 64]",
     ] {
