@@ -112,9 +112,10 @@ pub enum Invalid {
     V2Tlv,
 }
 
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
+impl Invalid {
+    /// The reason in words (static, for a connection stage's `Reject` and the log).
+    pub fn as_str(&self) -> &'static str {
+        match self {
             Invalid::NotProxy => "not a PROXY protocol header",
             Invalid::V1TooLong => "PROXY v1 header without CRLF in 107 bytes",
             Invalid::V1Protocol => "PROXY v1 protocol is not TCP4, TCP6 or UNKNOWN",
@@ -130,8 +131,13 @@ impl fmt::Display for Invalid {
             Invalid::V2TooLong => "PROXY v2 header longer than 4096 bytes",
             Invalid::V2AddressLength => "PROXY v2 length shorter than its address block",
             Invalid::V2Tlv => "PROXY v2 TLVs do not fit the header length",
-        };
-        f.write_str(s)
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -418,6 +424,69 @@ fn tlvs_fit(mut tlvs: &[u8]) -> bool {
         tlvs = &tlvs[end..];
     }
     true
+}
+
+/// A header arriving in pieces, for the connection's PROXY stage: feed it each chunk the
+/// socket gives; it keeps what it needs (never more than [`V2_MAX`] bytes, and nothing at all
+/// when the header arrives whole in the first chunk, the usual case).
+#[derive(Debug, Default)]
+pub struct Reader {
+    buf: Vec<u8>,
+}
+
+/// What one chunk completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// Still inside the header: all of the chunk was taken.
+    NeedMore,
+    /// The header is whole; it ended `used` bytes into this chunk. `chunk[used..]` is the
+    /// client's first payload, to be echoed.
+    Done { header: Header, used: usize },
+    /// Not a PROXY header: close without echoing.
+    Invalid(Invalid),
+}
+
+impl Reader {
+    pub fn new() -> Reader {
+        Reader::default()
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) -> Feed {
+        if self.buf.is_empty() {
+            // The header usually comes whole in the first segment: parse in place, no copy.
+            return match parse(chunk) {
+                Status::Done(header, used) => Feed::Done { header, used },
+                Status::Invalid(e) => Feed::Invalid(e),
+                Status::NeedMore => {
+                    self.buf.extend_from_slice(chunk);
+                    Feed::NeedMore
+                }
+            };
+        }
+        let before = self.buf.len();
+        // No header is longer than V2_MAX, and `parse` decides by then: copy no more.
+        let take = chunk.len().min(V2_MAX.saturating_sub(before));
+        self.buf.extend_from_slice(&chunk[..take]);
+        match parse(&self.buf) {
+            Status::NeedMore => Feed::NeedMore,
+            Status::Invalid(e) => Feed::Invalid(e),
+            Status::Done(header, n) => {
+                // `parse` is prefix-stable and said NeedMore for the first `before` bytes, so
+                // the header ends inside this chunk.
+                debug_assert!(n > before);
+                self.buf = Vec::new();
+                Feed::Done {
+                    header,
+                    used: n - before,
+                }
+            }
+        }
+    }
+
+    /// Bytes held (at most [`V2_MAX`]).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 #[cfg(test)]
@@ -748,6 +817,86 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn reader_takes_chunks_and_hands_back_the_payload() {
+        let v1 = b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\n".to_vec();
+        let v2 = v2h(0x21, 0x21, &inet6_block(TLVS));
+        let payload = b"GET /\r\n\x00\xffPROXY ";
+        for header in [v1, v2] {
+            let Status::Done(h, n) = parse(&header) else {
+                panic!("valid")
+            };
+            let mut input = header.clone();
+            input.extend_from_slice(payload);
+            // Every chunk size, and every two-chunk split.
+            let mut splits: Vec<Vec<usize>> = (1..=input.len())
+                .map(|size| (size..input.len()).step_by(size).collect())
+                .collect();
+            splits.extend((1..input.len()).map(|cut| vec![cut]));
+            for cuts in splits {
+                let mut r = Reader::new();
+                let mut start = 0;
+                let mut echoed = Vec::new();
+                let mut done = None;
+                for end in cuts.iter().copied().chain([input.len()]) {
+                    let chunk = &input[start..end];
+                    start = end;
+                    if done.is_some() {
+                        echoed.extend_from_slice(chunk);
+                        continue;
+                    }
+                    match r.feed(chunk) {
+                        Feed::NeedMore => assert!(end < n, "{cuts:?}: NeedMore at {end}"),
+                        Feed::Done { header, used } => {
+                            assert_eq!(end - chunk.len() + used, n, "{cuts:?}");
+                            done = Some(header);
+                            echoed.extend_from_slice(&chunk[used..]);
+                        }
+                        Feed::Invalid(e) => panic!("{cuts:?}: {e}"),
+                    }
+                    assert!(r.buffered() <= V2_MAX);
+                }
+                assert_eq!(done, Some(h), "{cuts:?}");
+                assert_eq!(echoed, payload, "{cuts:?}: the payload, once, in order");
+            }
+        }
+    }
+
+    #[test]
+    fn reader_rejects_and_stays_bounded() {
+        let mut r = Reader::new();
+        assert_eq!(r.feed(b"PROXY TCP4 1.2"), Feed::NeedMore);
+        assert_eq!(
+            r.feed(b".3.4 x"),
+            Feed::Invalid(Invalid::V1DestinationAddress)
+        );
+        // A v2 header of the maximum size, fed in large chunks: never more than V2_MAX held.
+        let mut big = v2h(0x21, 0x11, &inet4_block(&[]));
+        big[14..16].copy_from_slice(&((V2_MAX - 16) as u16).to_be_bytes());
+        let mut tail = vec![0x04];
+        tail.extend_from_slice(&((V2_MAX - 16 - 12 - 3) as u16).to_be_bytes());
+        big.extend_from_slice(&tail);
+        big.resize(V2_MAX, 0);
+        big.extend_from_slice(&[9; 5000]);
+        let mut r = Reader::new();
+        assert_eq!(r.feed(&big[..100]), Feed::NeedMore);
+        match r.feed(&big[100..]) {
+            Feed::Done { used, .. } => assert_eq!(100 + used, V2_MAX),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            r.buffered(),
+            0,
+            "the buffer is freed once the header is whole"
+        );
+        let mut r = Reader::new();
+        assert_eq!(r.feed(b"\r\n\r\n"), Feed::NeedMore);
+        assert_eq!(
+            r.feed(b"\0\r\nQUIT\n\x21\x11\xff\xff"),
+            Feed::Invalid(Invalid::V2TooLong)
+        );
     }
 
     #[test]
