@@ -546,6 +546,25 @@ mod tests {
     }
 
     #[test]
+    fn accept_rate_keeps_every_unfull_bucket_through_other_traffic() {
+        let r = AcceptRate::new(n(10), 1 << 16, 64);
+        let a = ip("192.0.2.1");
+        let others = |t: u64| {
+            for i in 0..2000 {
+                r.allow(v4(i), at_ms(t));
+            }
+        };
+        assert_eq!(allowed(&r, a, at_ms(0), 100), 10);
+        others(300);
+        others(600);
+        // 600 ms refilled 6 tokens: the spent bucket was not forgotten by the traffic.
+        assert_eq!(allowed(&r, a, at_ms(600), 100), 6);
+        others(1100); // a new generation in every shard
+        assert_eq!(allowed(&r, a, at_ms(1100), 100), 5, "kept across the generation");
+        assert_eq!(r.early_rotations(), 0);
+    }
+
+    #[test]
     fn accept_rate_stays_bounded_under_many_clients() {
         let r = AcceptRate::new(n(10), 4096, 64);
         for i in 0..200_000 {
@@ -556,6 +575,13 @@ mod tests {
             assert!(r.len() <= 4096, "at {i}: {}", r.len());
         }
         assert!(r.early_rotations() > 0);
+        // One key per shard: the bound holds exactly, even when a shard's current generation
+        // alone is full.
+        let r = AcceptRate::new(n(10), SHARDS, 64);
+        for i in 0..20_000 {
+            r.allow(v4(i), at_ms(0));
+            assert!(r.len() <= SHARDS, "at {i}: {}", r.len());
+        }
     }
 
     #[test]
