@@ -560,7 +560,11 @@ mod tests {
         // 600 ms refilled 6 tokens: the spent bucket was not forgotten by the traffic.
         assert_eq!(allowed(&r, a, at_ms(600), 100), 6);
         others(1100); // a new generation in every shard
-        assert_eq!(allowed(&r, a, at_ms(1100), 100), 5, "kept across the generation");
+        assert_eq!(
+            allowed(&r, a, at_ms(1100), 100),
+            5,
+            "kept across the generation"
+        );
         assert_eq!(r.early_rotations(), 0);
     }
 

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::wait_until;
+use common::{ServerProc, wait_until};
 use epoll_echo::proxy::{self, Header, Status, Version};
 
 /// How a balancer announces the client to its backend.
@@ -381,4 +381,61 @@ fn haproxy_send_proxy_v2_tlvs_are_skipped() {
 #[test]
 fn nginx_stream_proxy_protocol_names_the_real_client() {
     real_clients_are_named(Proxying::NginxV1, Version::V1);
+}
+
+/// The server behind a real HAProxy: each client is limited and logged by its own address.
+#[test]
+#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
+fn behind_haproxy_real_clients_are_limited_and_logged() {
+    for send in [Proxying::HaproxyV1, Proxying::HaproxyV2, Proxying::NginxV1] {
+        if !installed(send) {
+            continue;
+        }
+        let srv = ServerProc::start(&[
+            "--maxListeners",
+            "2",
+            "--proxy-protocol",
+            "--max-conns-per-ip",
+            "1",
+            "-v",
+        ]);
+        let lb = Balancer::start(send, "127.0.0.1".parse().unwrap(), srv.addr);
+        let round = |c: &mut TcpStream, msg: &[u8]| {
+            c.write_all(msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            c.read_exact(&mut back).is_ok() && back == msg
+        };
+        let mut a = connect_from("127.0.0.2".parse().unwrap(), lb.addr);
+        assert!(
+            round(&mut a, b"from .2"),
+            "{send:?}: first client of 127.0.0.2"
+        );
+        let mut b = connect_from("127.0.0.3".parse().unwrap(), lb.addr);
+        assert!(
+            round(&mut b, b"from .3"),
+            "{send:?}: 127.0.0.3 is another client"
+        );
+        // A second connection of 127.0.0.2: our reset reaches it through the balancer.
+        let mut again = connect_from("127.0.0.2".parse().unwrap(), lb.addr);
+        let _ = again.write_all(b"x");
+        let mut buf = [0u8; 16];
+        again
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        match again.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("{send:?}: refused client got {:?}", &buf[..n]),
+        }
+        assert!(
+            round(&mut a, b"still"),
+            "{send:?}: the admitted one is unaffected"
+        );
+        let log = srv.stderr();
+        for client in ["127.0.0.2", "127.0.0.3"] {
+            assert!(
+                log.contains(client),
+                "{send:?}: the log names {client}: {log}"
+            );
+        }
+    }
 }
