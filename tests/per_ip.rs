@@ -307,3 +307,98 @@ fn limits_apply_to_the_address_in_the_proxy_header() {
     );
     assert!(served(&mut a, 3));
 }
+
+/// A network namespace this test creates and removes, with IPv6 test addresses on its loopback.
+struct Netns(String);
+
+impl Netns {
+    fn new(addrs: &[&str]) -> Netns {
+        let name = format!("ee-limits-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        for a in addrs {
+            ip(&["-n", &name, "-6", "addr", "add", a, "dev", "lo", "nodad"]);
+        }
+        ns
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Clients inside the namespace (a short Python script): one line per step, "True" when the
+/// byte came back.
+const V6_CLIENTS: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+held = []
+def served(src):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.bind((src, 0)); s.settimeout(5); s.connect(("2001:db8:1:1::1", port))
+    held.append(s)
+    try:
+        s.sendall(b"x"); return s.recv(1) == b"x"
+    except OSError:
+        return False
+for src in sys.argv[2:]:
+    print(src, served(src), flush=True)
+"#;
+
+#[test]
+#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
+fn ipv6_clients_are_grouped_by_64_in_a_namespace() {
+    let ns = Netns::new(&[
+        "2001:db8:1:1::1/64",
+        "2001:db8:1:1::2/64",
+        "2001:db8:1:1::3/64",
+        "2001:db8:1:2::2/64",
+    ]);
+    let mut cmd = ns.command(BIN);
+    cmd.args([
+        "--host",
+        "2001:db8:1:1::1",
+        "--port",
+        "0",
+        "--maxListeners",
+        "2",
+    ]);
+    cmd.args(["--max-conns-per-ip", "1"]);
+    let srv = ServerProc::spawn(cmd);
+    let out = ns
+        .command("python3")
+        .args(["-c", V6_CLIENTS, &srv.addr.port().to_string()])
+        .args(["2001:db8:1:1::2", "2001:db8:1:1::3", "2001:db8:1:2::2"])
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        lines,
+        "2001:db8:1:1::2 True\n2001:db8:1:1::3 False\n2001:db8:1:2::2 True\n",
+        "same /64 shares one place, another /64 has its own; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(srv);
+}
