@@ -11,10 +11,12 @@ pub mod conn;
 pub mod duration;
 pub mod idle;
 pub mod log;
+pub mod rate;
 pub mod server;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod udp;
 pub mod worker;
 
 pub use server::{Config, Running, Server, ShutdownHandle};
