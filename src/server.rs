@@ -40,6 +40,10 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     pub pin_cpus: bool,
     pub splice: bool,
+    /// UDP echo port (`--udp-port`, 0: kernel-chosen); `None`: no UDP.
+    pub udp_port: Option<u16>,
+    /// Replies per second per source IP (`--udp-rate`); 0: unlimited.
+    pub udp_rate: u32,
 }
 
 impl Default for Config {
@@ -56,6 +60,8 @@ impl Default for Config {
             stats_interval: None,
             pin_cpus: false,
             splice: false,
+            udp_port: None,
+            udp_rate: 0,
         }
     }
 }
@@ -102,6 +108,7 @@ pub struct Summary {
 /// A listening server.
 pub struct Running {
     addr: SocketAddr,
+    udp_addr: Option<SocketAddr>,
     max_connections: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
@@ -156,7 +163,8 @@ impl Server {
         if config.splice {
             sys::ignore_sigpipe();
         }
-        let reserved = FDS_PER_WORKER * config.workers as u64 + FDS_FOR_PROCESS;
+        let udp_fds = u64::from(config.udp_port.is_some()); // the UDP socket (#12)
+        let reserved = (FDS_PER_WORKER + udp_fds) * config.workers as u64 + FDS_FOR_PROCESS;
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| nofile.saturating_sub(reserved).max(1) as usize);
@@ -169,6 +177,7 @@ impl Server {
         }
         let cpus = num_cpus::get();
         let mut addr = SocketAddr::new(config.host, config.port);
+        let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(config.host, p));
         let mut workers = Vec::with_capacity(config.workers);
         for (id, wake) in wake_readers.into_iter().enumerate() {
             let cfg = WorkerConfig {
@@ -182,6 +191,8 @@ impl Server {
                 shutdown_timeout: config.shutdown_timeout,
                 pin_cpu: config.pin_cpus.then_some(id % cpus),
                 splice: config.splice,
+                udp: udp_addr,
+                udp_rate: config.udp_rate,
             };
             let (tx, rx) = mpsc::channel();
             let sh = shared.clone();
@@ -189,7 +200,7 @@ impl Server {
                 .name(format!("worker-{id}"))
                 .spawn(move || match Worker::bind(cfg, sh.clone(), wake) {
                     Ok(w) => {
-                        let _ = tx.send(Ok(w.local_addr()));
+                        let _ = tx.send(Ok((w.local_addr(), w.udp_addr())));
                         let r = w.run();
                         if let Err(e) = &r {
                             // Never leave a half-running server: take the others down too.
@@ -213,7 +224,7 @@ impl Server {
                 Err(e) => Err(io::Error::new(e.kind(), format!("spawn worker {id}: {e}"))),
             };
             match bound {
-                Ok(a) => addr = a,
+                Ok((a, u)) => (addr, udp_addr) = (a, u),
                 Err(e) => {
                     ShutdownHandle(shared.clone()).shutdown();
                     for w in workers {
@@ -234,6 +245,17 @@ impl Server {
                 format!("{:?}", config.idle_timeout)
             },
         );
+        if let Some(u) = udp_addr {
+            let rate = match config.udp_rate {
+                0 => "unlimited".to_string(),
+                n => format!("{n}/s per source"),
+            };
+            log!(
+                Level::Info,
+                "UDP echo on {u} with {} worker(s); udp-rate {rate}",
+                config.workers
+            );
+        }
         let stats_thread = config.stats_interval.filter(|d| !d.is_zero()).map(|every| {
             let (tx, rx) = mpsc::channel::<()>();
             let sh = shared.clone();
@@ -245,6 +267,7 @@ impl Server {
         });
         Ok(Running {
             addr,
+            udp_addr,
             max_connections,
             shared,
             workers,
@@ -270,6 +293,11 @@ impl Running {
     /// The address the workers listen on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The UDP echo address (with the real port when 0 was asked for); `None` without UDP.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
     }
 
     pub fn max_connections(&self) -> usize {
