@@ -215,7 +215,11 @@ fn datagrams_from_loop_prone_ports_get_no_reply_but_the_rest_of_the_burst_does()
     b.send_to(b"from b", udp).unwrap();
     let mut buf = [0u8; 64];
     assert_eq!(a.recv(&mut buf).unwrap(), 6, "a is answered");
-    assert_eq!(b.recv(&mut buf).unwrap(), 6, "b, after the dropped one, too");
+    assert_eq!(
+        b.recv(&mut buf).unwrap(),
+        6,
+        "b, after the dropped one, too"
+    );
     // b's reply was sent after the others were handled: nothing is on its way to 19 or 7.
     for s in [&chargen, &echo_port] {
         s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -276,8 +280,7 @@ fn sigterm_under_udp_load_exits_promptly_with_the_counters() {
         })
         .collect();
     assert!(
-        wait_until(Duration::from_secs(10), || replies
-            .load(Ordering::Relaxed)
+        wait_until(Duration::from_secs(10), || replies.load(Ordering::Relaxed)
             > 1000),
         "load is flowing"
     );
@@ -291,7 +294,10 @@ fn sigterm_under_udp_load_exits_promptly_with_the_counters() {
     }
     let line = srv.stderr();
     let line = line.lines().find(|l| l.starts_with("shutdown:")).unwrap();
-    assert!(line.contains(" udp_in=") && line.contains(" udp_drop_rate="), "{line}");
+    assert!(
+        line.contains(" udp_in=") && line.contains(" udp_drop_rate="),
+        "{line}"
+    );
     let field = |k: &str| -> u64 {
         line.split(&format!(" {k}="))
             .nth(1)
@@ -351,7 +357,10 @@ fn a_udp_port_in_use_fails_startup_and_bad_values_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("in use") && err.contains(&port), "{err}");
-    assert!(err.contains("UDP"), "the message says which protocol: {err}");
+    assert!(
+        err.contains("UDP"),
+        "the message says which protocol: {err}"
+    );
     for (flag, bad) in [
         ("--udp-port", "70000"),
         ("--udp-port", "-3"),
@@ -444,7 +453,14 @@ fn a_flood_from_hundreds_of_thousands_of_sources_keeps_memory_bounded() {
     let flood = |n4: u32, n6: u32| {
         let st = ns
             .exec()
-            .args(["python3", "-c", FLOOD, &port, &n4.to_string(), &n6.to_string()])
+            .args([
+                "python3",
+                "-c",
+                FLOOD,
+                &port,
+                &n4.to_string(),
+                &n6.to_string(),
+            ])
             .status()
             .unwrap();
         assert!(st.success(), "flood client failed");
@@ -463,4 +479,40 @@ fn a_flood_from_hundreds_of_thousands_of_sources_keeps_memory_bounded() {
         after < before + 2048,
         "RSS grew from {before} KiB to {after} KiB"
     );
+}
+
+#[test]
+fn the_embedding_api_reports_the_udp_address_and_counters() {
+    use epoll_echo::{Config, Server};
+    let config = Config {
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        workers: 2,
+        udp_port: Some(0),
+        ..Config::default()
+    };
+    let running = Server::new(config).unwrap().start().unwrap();
+    let udp = running.udp_addr().expect("UDP is on");
+    assert_ne!(udp.port(), 0, "the kernel-chosen port");
+    let s = client("127.0.0.1:0");
+    assert_eq!(echo(&s, udp, b"embedded"), b"embedded");
+    running.shutdown_handle().shutdown();
+    let summary = running.wait().unwrap();
+    assert_eq!(
+        (summary.totals.udp.received, summary.totals.udp.echoed),
+        (1, 1)
+    );
+
+    let tcp_only = Server::new(Config {
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        workers: 1,
+        ..Config::default()
+    })
+    .unwrap()
+    .start()
+    .unwrap();
+    assert_eq!(tcp_only.udp_addr(), None);
+    tcp_only.shutdown_handle().shutdown();
+    tcp_only.wait().unwrap();
 }
