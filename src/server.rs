@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::log::Level;
 use crate::stats::{self, Snapshot, WorkerStats};
+use crate::udp::UdpConfig;
 use crate::worker::{Worker, WorkerConfig};
 use crate::{log, sys};
 
@@ -191,8 +192,11 @@ impl Server {
                 shutdown_timeout: config.shutdown_timeout,
                 pin_cpu: config.pin_cpus.then_some(id % cpus),
                 splice: config.splice,
-                udp: udp_addr,
-                udp_rate: config.udp_rate,
+                udp: udp_addr.map(|addr| UdpConfig {
+                    addr,
+                    rate: config.udp_rate,
+                    workers: config.workers,
+                }),
             };
             let (tx, rx) = mpsc::channel();
             let sh = shared.clone();

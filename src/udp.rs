@@ -13,8 +13,9 @@
 //!   and counted, with the rest of its batch; nothing is ever buffered in the server. A reply
 //!   that fails on its own (unreachable, say) is skipped and the rest of the batch still sent.
 //! - **Reflection loops**: no reply to the source ports of [`reply_allowed`]'s list.
-//! - **Rate limit** (`--udp-rate N`): at most N replies per second per source IP, per worker
-//!   ([`RateLimiter`], a fixed table of [`RATE_TABLE_SLOTS`] sources).
+//! - **Rate limit** (`--udp-rate N`): at most N replies per second per source IP
+//!   ([`RateLimiter`], a fixed table of [`RATE_TABLE_SLOTS`] sources per worker; the kernel
+//!   steers each source IP to one worker, see [`UdpEcho::bind`]).
 //!
 //! Memory per worker, fixed at startup: the batch, [`BATCH`] × 64 KiB of zeroed address space
 //! (2 MiB; pages are touched only as large datagrams arrive, so small-datagram traffic keeps a
@@ -27,6 +28,8 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::log;
+use crate::log::Level;
 use crate::rate::RateLimiter;
 use crate::stats::UdpCounters;
 use crate::sys::udp::{self as sysudp, Batch};
@@ -66,6 +69,16 @@ pub enum Turn {
     More,
 }
 
+/// What every worker's UDP socket needs, fixed at startup.
+#[derive(Clone, Copy, Debug)]
+pub struct UdpConfig {
+    pub addr: SocketAddr,
+    /// Replies per second per source IP; 0: unlimited.
+    pub rate: u32,
+    /// Workers (sockets in the `SO_REUSEPORT` group).
+    pub workers: usize,
+}
+
 /// One worker's UDP echo socket.
 pub struct UdpEcho {
     socket: OwnedFd,
@@ -80,8 +93,15 @@ pub struct UdpEcho {
 impl UdpEcho {
     /// Creates worker `worker`'s socket: new → SO_REUSEPORT → nonblocking → bind. There is no
     /// SO_REUSEADDR: for UDP it has no TIME_WAIT to skip and would only let an unrelated
-    /// socket share (and steal from) the port. `rate` 0 means unlimited.
-    pub fn bind(worker: usize, addr: SocketAddr, rate: u32) -> io::Result<UdpEcho> {
+    /// socket share (and steal from) the port.
+    ///
+    /// With a rate limit and several workers, the first worker also makes the kernel spread
+    /// datagrams over the group by source IP alone ([`sysudp::steer_by_source_ip`]), so each
+    /// source meets one worker's limiter whatever ports it sends from, and the limit is exact.
+    /// Without a limit the kernel's 4-tuple hash is kept: it spreads even one busy host's
+    /// sockets over all workers.
+    pub fn bind(worker: usize, cfg: &UdpConfig) -> io::Result<UdpEcho> {
+        let (addr, rate) = (cfg.addr, cfg.rate);
         let step = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("worker {worker}: UDP {what}: {e}"))
         };
@@ -100,6 +120,15 @@ impl UdpEcho {
         socket
             .bind(&addr.into())
             .map_err(|e| step(&format!("bind {addr}"), e))?;
+        if worker == 0 && rate > 0 && cfg.workers > 1 {
+            let sockets = u32::try_from(cfg.workers).unwrap_or(u32::MAX);
+            if let Err(e) = sysudp::steer_by_source_ip(socket.as_fd(), sockets) {
+                log!(
+                    Level::Warn,
+                    "UDP: cannot steer datagrams by source IP ({e}): --udp-rate applies per worker"
+                );
+            }
+        }
         let local_addr = socket
             .local_addr()
             .map_err(|e| step("getsockname", e))?
@@ -227,6 +256,14 @@ mod tests {
         );
     }
 
+    fn cfg(rate: u32) -> UdpConfig {
+        UdpConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            rate,
+            workers: 1,
+        }
+    }
+
     fn recv_within(s: &UdpSocket, buf: &mut [u8]) -> Option<usize> {
         s.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
@@ -246,7 +283,7 @@ mod tests {
 
     #[test]
     fn echoes_and_bounds_each_turn() {
-        let mut echo = UdpEcho::bind(0, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let mut echo = UdpEcho::bind(0, &cfg(0)).unwrap();
         let to = echo.local_addr();
         assert_eq!(echo.on_readable(Duration::ZERO), Turn::Drained);
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -267,7 +304,7 @@ mod tests {
 
     #[test]
     fn rate_limit_counts_drops_and_serves_other_sources() {
-        let mut echo = UdpEcho::bind(0, "127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let mut echo = UdpEcho::bind(0, &cfg(2)).unwrap();
         let to = echo.local_addr();
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         for _ in 0..5 {
@@ -284,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_failing_reply_does_not_cost_the_rest_of_the_batch() {
-        let mut echo = UdpEcho::bind(0, "127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let mut echo = UdpEcho::bind(0, &cfg(0)).unwrap();
         let to = echo.local_addr();
         let clients: Vec<UdpSocket> = (0..3)
             .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())

@@ -43,7 +43,7 @@ use crate::idle::IdleList;
 use crate::log::Level;
 use crate::server::Shared;
 use crate::stats::Counters;
-use crate::udp::{Turn, UdpEcho}; // UDP hook (#12)
+use crate::udp::{Turn, UdpConfig, UdpEcho}; // UDP hook (#12)
 use crate::{log, sys};
 
 const LISTENER: u64 = u64::MAX - 1;
@@ -77,9 +77,8 @@ pub struct WorkerConfig {
     pub pin_cpu: Option<usize>,
     /// Echo bulk streams with splice(2) through a per-worker pipe.
     pub splice: bool,
-    /// UDP hook (#12): the UDP echo address (`--udp-port`), and replies per second per source.
-    pub udp: Option<SocketAddr>,
-    pub udp_rate: u32,
+    /// UDP hook (#12): the UDP echo socket (`--udp-port`), if on.
+    pub udp: Option<UdpConfig>,
 }
 
 /// A rate-limited warning: counts occurrences, prints at most one line per second.
@@ -203,9 +202,9 @@ impl Worker {
         epoll.add(listener.as_fd(), sys::EPOLLIN, LISTENER)?;
         epoll.add(wake.as_fd(), sys::EPOLLIN, WAKE)?;
         // UDP hook (#12): bind this worker's UDP socket beside its listener.
-        let udp = match cfg.udp {
-            Some(addr) => {
-                let u = UdpEcho::bind(cfg.id, addr, cfg.udp_rate)?;
+        let udp = match &cfg.udp {
+            Some(udp) => {
+                let u = UdpEcho::bind(cfg.id, udp)?;
                 epoll.add(u.fd().as_fd(), sys::EPOLLIN | sys::EPOLLET, UDP)?;
                 Some(u)
             }

@@ -209,6 +209,64 @@ impl Batch {
     }
 }
 
+/// `SO_ATTACH_REUSEPORT_CBPF` (Linux 4.5; the asm-generic value used by x86, arm, riscv...).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// Makes the kernel pick the socket of a `SO_REUSEPORT` group by the datagram's *source IP*
+/// alone (a hash of it, modulo `sockets`), instead of by the 4-tuple: every datagram of one
+/// source reaches the same socket, whatever its source port. A classic BPF program attached
+/// to `fd` (it applies to the whole group); the index is the socket's position in the group,
+/// i.e. its order of binding. Until `sockets` have joined, an index past the end makes the
+/// kernel fall back to its own hash.
+pub fn steer_by_source_ip(fd: BorrowedFd<'_>, sockets: u32) -> io::Result<()> {
+    use libc::{BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD};
+    use libc::{BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR};
+    // Offsets from the network (IP) header; the program's own data starts at the payload.
+    let net = |off: i32| (libc::SKF_NET_OFF + off) as u32;
+    let prog = [
+        bpf(BPF_LD | BPF_B | BPF_ABS, 0, 0, net(0)), // 0: version and IHL
+        bpf(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 4),     // 1: version
+        bpf(BPF_JMP | BPF_JEQ | BPF_K, 2, 0, 6),     // 2: IPv6 → 5, IPv4 → 3
+        bpf(BPF_LD | BPF_W | BPF_ABS, 0, 0, net(12)), // 3: IPv4 source
+        bpf(BPF_JMP | BPF_JA, 0, 0, 10),             // 4: → 15
+        bpf(BPF_LD | BPF_W | BPF_ABS, 0, 0, net(8)), // 5: IPv6 source, four words XORed
+        bpf(BPF_MISC | BPF_TAX, 0, 0, 0),
+        bpf(BPF_LD | BPF_W | BPF_ABS, 0, 0, net(12)),
+        bpf(BPF_ALU | BPF_XOR | BPF_X, 0, 0, 0),
+        bpf(BPF_MISC | BPF_TAX, 0, 0, 0),
+        bpf(BPF_LD | BPF_W | BPF_ABS, 0, 0, net(16)),
+        bpf(BPF_ALU | BPF_XOR | BPF_X, 0, 0, 0),
+        bpf(BPF_MISC | BPF_TAX, 0, 0, 0),
+        bpf(BPF_LD | BPF_W | BPF_ABS, 0, 0, net(20)),
+        bpf(BPF_ALU | BPF_XOR | BPF_X, 0, 0, 0),
+        bpf(BPF_ALU | BPF_MUL | BPF_K, 0, 0, 0x9E37_79B1), // 15: mix (Fibonacci hashing)
+        bpf(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 16),
+        bpf(BPF_ALU | BPF_MOD | BPF_K, 0, 0, sockets.max(1)),
+        bpf(BPF_RET | BPF_A, 0, 0, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        SO_ATTACH_REUSEPORT_CBPF,
+        (&fprog as *const libc::sock_fprog).cast(),
+        std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
 /// True for send errors that mean "the socket cannot take it now" (no backpressure for UDP:
 /// the datagram is dropped), as opposed to an error about that one datagram.
 pub fn is_full(e: &io::Error) -> bool {
