@@ -4,6 +4,8 @@
 //! [`cli`] (flags) → [`server`] (spawns and joins workers, owns shutdown) →
 //! [`worker`] (one thread: SO_REUSEPORT listener + private epoll + wake pipe) →
 //! [`conn`] (one client: pending output, flags) → [`sys`] (the only place that calls libc).
+//! Beside them: [`udp`] (a worker's UDP echo socket, `--udp-port`) and [`rate`] (per-source
+//! token buckets in a bounded table).
 #![deny(unsafe_code)]
 
 pub mod cli;
