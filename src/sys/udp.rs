@@ -325,6 +325,56 @@ mod tests {
     }
 
     #[test]
+    fn steering_sends_each_source_ip_to_one_socket_of_the_group() {
+        use socket2::{Domain, Socket, Type};
+        let join = |at: SocketAddr| {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s.bind(&at.into()).unwrap();
+            UdpSocket::from(s)
+        };
+        let first = join("127.0.0.1:0".parse().unwrap());
+        let to = first.local_addr().unwrap();
+        let group = [first, join(to)];
+        steer_by_source_ip(group[0].as_fd(), 2).unwrap();
+        // 16 source IPs (all of 127/8 is local), 4 source ports each.
+        let mut sent = 0;
+        for ip in 1..=16u8 {
+            for _ in 0..4 {
+                let c = UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 0, ip), 0)).unwrap();
+                c.send_to(&[ip], to).unwrap();
+                sent += 1;
+            }
+        }
+        let mut landed: Vec<std::collections::HashSet<u8>> = vec![Default::default(); 2];
+        let mut got = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got < sent {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{got} of {sent} arrived"
+            );
+            for (k, s) in group.iter().enumerate() {
+                let mut buf = [0u8; 4];
+                while let Ok((1, from)) = s.recv_from(&mut buf) {
+                    assert_eq!(from.ip(), std::net::Ipv4Addr::new(127, 0, 0, buf[0]));
+                    landed[k].insert(buf[0]);
+                    got += 1;
+                }
+            }
+        }
+        assert!(
+            landed[0].is_disjoint(&landed[1]),
+            "one socket per source IP: {landed:?}"
+        );
+        assert!(
+            !landed[0].is_empty() && !landed[1].is_empty(),
+            "both sockets serve some sources: {landed:?}"
+        );
+    }
+
+    #[test]
     fn a_datagram_larger_than_its_slot_is_flagged_truncated() {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();
