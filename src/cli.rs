@@ -118,6 +118,16 @@ pub struct Cli {
     /// With --proxy-protocol: close a connection whose header has not arrived whole by then.
     #[arg(long, default_value = "5s", value_name = "TIME", value_parser = parse_header_timeout, allow_hyphen_values = true)]
     pub proxy_header_timeout: Duration,
+
+    /// Also echo UDP datagrams (RFC 862) on this port, one SO_REUSEPORT socket per worker
+    /// (may equal --port; 0: the kernel picks one) [default: off].
+    #[arg(long, env = "UDP_PORT", value_name = "PORT", value_parser = parse_udp_port, allow_hyphen_values = true)]
+    pub udp_port: Option<u16>,
+
+    /// At most N UDP replies per second per source IP, burst N (0: unlimited); the rest are
+    /// dropped and counted.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = parse_udp_rate, allow_hyphen_values = true)]
+    pub udp_rate: u32,
 }
 
 /// A header timeout: more than zero, at most an hour.
@@ -141,6 +151,16 @@ fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
         Some(_) => Err(format!("{n} workers is more than the limit of 1024")),
         None => Err("must be at least 1".into()),
     }
+}
+
+fn parse_udp_port(s: &str) -> Result<u16, String> {
+    s.parse()
+        .map_err(|_| format!("'{s}' is not a port number (0-65535)"))
+}
+
+fn parse_udp_rate(s: &str) -> Result<u32, String> {
+    s.parse()
+        .map_err(|_| format!("'{s}' is not a whole number of replies per second (0: unlimited)"))
 }
 
 fn parse_max_connections(s: &str) -> Result<usize, String> {
@@ -204,6 +224,8 @@ impl Cli {
             ipv6_prefix: self.ipv6_prefix,
             proxy_protocol: self.proxy_protocol,
             proxy_header_timeout: self.proxy_header_timeout,
+            udp_port: self.udp_port,
+            udp_rate: self.udp_rate,
         }
     }
 }
@@ -243,5 +265,23 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(c.backlog, 1024);
+        assert_eq!((c.udp_port, c.udp_rate), (None, 0), "UDP is off by default");
+    }
+
+    #[test]
+    fn udp_flags() {
+        let c = Cli::try_parse_from(["epoll-echo", "--udp-port", "0", "--udp-rate", "50"])
+            .unwrap()
+            .config();
+        assert_eq!((c.udp_port, c.udp_rate), (Some(0), 50));
+        for bad in [
+            ["--udp-port", "70000"],
+            ["--udp-port", "-1"],
+            ["--udp-rate", "-5"],
+            ["--udp-rate", "lots"],
+        ] {
+            let e = Cli::try_parse_from(["epoll-echo", bad[0], bad[1]]).unwrap_err();
+            assert!(e.to_string().contains(bad[1]), "{e}");
+        }
     }
 }

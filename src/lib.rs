@@ -4,6 +4,8 @@
 //! [`cli`] (flags) → [`server`] (spawns and joins workers, owns shutdown) →
 //! [`worker`] (one thread: SO_REUSEPORT listener + private epoll + wake pipe) →
 //! [`conn`] (one client: pending output, flags) → [`sys`] (the only place that calls libc).
+//! Beside them: [`udp`] (a worker's UDP echo socket, `--udp-port`) and [`rate`] (per-source
+//! token buckets in a bounded table).
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -13,10 +15,12 @@ pub mod idle;
 pub mod limits;
 pub mod log;
 pub mod proxy;
+pub mod rate;
 pub mod server;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod udp;
 pub mod worker;
 
 pub use server::{Config, Running, Server, ShutdownHandle};

@@ -42,14 +42,26 @@ fn run(cli: &Cli) -> std::io::Result<()> {
     let t = summary.totals;
     if log::enabled(Level::Info) {
         eprintln!(
-            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s",
+            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}",
             t.accepted,
             t.refused,
             t.idle_closed,
             t.bytes_in,
             t.bytes_out,
-            summary.duration.as_secs_f64()
+            summary.duration.as_secs_f64(),
+            udp_summary(cli, &t.udp), // UDP hook (#12)
         );
     }
     Ok(())
+}
+
+/// The UDP counters for the `shutdown:` line (#12); empty without `--udp-port`.
+fn udp_summary(cli: &Cli, u: &epoll_echo::stats::UdpCounters) -> String {
+    match cli.udp_port {
+        None => String::new(),
+        Some(_) => format!(
+            " udp_in={} udp_out={} udp_drop_port={} udp_drop_rate={} udp_drop_full={} udp_errors={}",
+            u.received, u.echoed, u.drop_port, u.drop_rate, u.drop_full, u.errors
+        ),
+    }
 }

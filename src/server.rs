@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::log::Level;
 use crate::stats::{self, Snapshot, WorkerStats};
+use crate::udp::UdpConfig;
 use crate::worker::{Worker, WorkerConfig};
 use crate::{log, sys};
 
@@ -48,6 +49,10 @@ pub struct Config {
     pub ipv6_prefix: u8,
     pub proxy_protocol: bool,
     pub proxy_header_timeout: Duration,
+    /// UDP echo port (`--udp-port`, 0: kernel-chosen); `None`: no UDP.
+    pub udp_port: Option<u16>,
+    /// Replies per second per source IP (`--udp-rate`); 0: unlimited.
+    pub udp_rate: u32,
 }
 
 impl Default for Config {
@@ -69,6 +74,8 @@ impl Default for Config {
             ipv6_prefix: crate::limits::DEFAULT_IPV6_PREFIX,
             proxy_protocol: false,
             proxy_header_timeout: Duration::from_secs(5),
+            udp_port: None,
+            udp_rate: 0,
         }
     }
 }
@@ -115,6 +122,7 @@ pub struct Summary {
 /// A listening server.
 pub struct Running {
     addr: SocketAddr,
+    udp_addr: Option<SocketAddr>,
     max_connections: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
@@ -169,7 +177,8 @@ impl Server {
         if config.splice {
             sys::ignore_sigpipe();
         }
-        let reserved = FDS_PER_WORKER * config.workers as u64 + FDS_FOR_PROCESS;
+        let udp_fds = u64::from(config.udp_port.is_some()); // the UDP socket (#12)
+        let reserved = (FDS_PER_WORKER + udp_fds) * config.workers as u64 + FDS_FOR_PROCESS;
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| nofile.saturating_sub(reserved).max(1) as usize);
@@ -182,6 +191,7 @@ impl Server {
         }
         let cpus = num_cpus::get();
         let mut addr = SocketAddr::new(config.host, config.port);
+        let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(config.host, p));
         let mut workers = Vec::with_capacity(config.workers);
         for (id, wake) in wake_readers.into_iter().enumerate() {
             let cfg = WorkerConfig {
@@ -195,6 +205,11 @@ impl Server {
                 shutdown_timeout: config.shutdown_timeout,
                 pin_cpu: config.pin_cpus.then_some(id % cpus),
                 splice: config.splice,
+                udp: udp_addr.map(|addr| UdpConfig {
+                    addr,
+                    rate: config.udp_rate,
+                    workers: config.workers,
+                }),
             };
             let (tx, rx) = mpsc::channel();
             let sh = shared.clone();
@@ -202,7 +217,7 @@ impl Server {
                 .name(format!("worker-{id}"))
                 .spawn(move || match Worker::bind(cfg, sh.clone(), wake) {
                     Ok(w) => {
-                        let _ = tx.send(Ok(w.local_addr()));
+                        let _ = tx.send(Ok((w.local_addr(), w.udp_addr())));
                         let r = w.run();
                         if let Err(e) = &r {
                             // Never leave a half-running server: take the others down too.
@@ -226,7 +241,7 @@ impl Server {
                 Err(e) => Err(io::Error::new(e.kind(), format!("spawn worker {id}: {e}"))),
             };
             match bound {
-                Ok(a) => addr = a,
+                Ok((a, u)) => (addr, udp_addr) = (a, u),
                 Err(e) => {
                     ShutdownHandle(shared.clone()).shutdown();
                     for w in workers {
@@ -247,6 +262,17 @@ impl Server {
                 format!("{:?}", config.idle_timeout)
             },
         );
+        if let Some(u) = udp_addr {
+            let rate = match config.udp_rate {
+                0 => "unlimited".to_string(),
+                n => format!("{n}/s per source"),
+            };
+            log!(
+                Level::Info,
+                "UDP echo on {u} with {} worker(s); udp-rate {rate}",
+                config.workers
+            );
+        }
         let stats_thread = config.stats_interval.filter(|d| !d.is_zero()).map(|every| {
             let (tx, rx) = mpsc::channel::<()>();
             let sh = shared.clone();
@@ -258,6 +284,7 @@ impl Server {
         });
         Ok(Running {
             addr,
+            udp_addr,
             max_connections,
             shared,
             workers,
@@ -283,6 +310,11 @@ impl Running {
     /// The address the workers listen on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The UDP echo address (with the real port when 0 was asked for); `None` without UDP.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
     }
 
     pub fn max_connections(&self) -> usize {

@@ -12,6 +12,39 @@ pub struct Counters {
     pub idle_closed: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub udp: UdpCounters,
+}
+
+/// UDP echo counters (`--udp-port`). Every datagram received is echoed or dropped for exactly
+/// one reason: `received = echoed + drop_port + drop_rate + drop_full + errors`.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams received.
+    pub received: u64,
+    /// Replies the kernel accepted.
+    pub echoed: u64,
+    /// Not answered: from a source port that could start a reflection loop.
+    pub drop_port: u64,
+    /// Not answered: the source was over `--udp-rate`.
+    pub drop_rate: u64,
+    /// Not answered: the socket's send buffer was full (UDP has no backpressure).
+    pub drop_full: u64,
+    /// Not answered: the reply failed (e.g. unreachable), or the datagram was truncated.
+    pub errors: u64,
+}
+
+impl std::ops::Add for UdpCounters {
+    type Output = UdpCounters;
+    fn add(self, o: UdpCounters) -> UdpCounters {
+        UdpCounters {
+            received: self.received + o.received,
+            echoed: self.echoed + o.echoed,
+            drop_port: self.drop_port + o.drop_port,
+            drop_rate: self.drop_rate + o.drop_rate,
+            drop_full: self.drop_full + o.drop_full,
+            errors: self.errors + o.errors,
+        }
+    }
 }
 
 /// The published copy, readable from any thread.
@@ -25,6 +58,12 @@ pub struct WorkerStats {
     idle_closed: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    udp_in: AtomicU64,
+    udp_out: AtomicU64,
+    udp_drop_port: AtomicU64,
+    udp_drop_rate: AtomicU64,
+    udp_drop_full: AtomicU64,
+    udp_errors: AtomicU64,
 }
 
 /// A point-in-time reading of one worker, or the sum of several.
@@ -37,6 +76,7 @@ pub struct Snapshot {
     pub idle_closed: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub udp: UdpCounters,
 }
 
 impl WorkerStats {
@@ -48,6 +88,12 @@ impl WorkerStats {
         self.idle_closed.store(c.idle_closed, Relaxed);
         self.bytes_in.store(c.bytes_in, Relaxed);
         self.bytes_out.store(c.bytes_out, Relaxed);
+        self.udp_in.store(c.udp.received, Relaxed);
+        self.udp_out.store(c.udp.echoed, Relaxed);
+        self.udp_drop_port.store(c.udp.drop_port, Relaxed);
+        self.udp_drop_rate.store(c.udp.drop_rate, Relaxed);
+        self.udp_drop_full.store(c.udp.drop_full, Relaxed);
+        self.udp_errors.store(c.udp.errors, Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -59,6 +105,14 @@ impl WorkerStats {
             idle_closed: self.idle_closed.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
+            udp: UdpCounters {
+                received: self.udp_in.load(Relaxed),
+                echoed: self.udp_out.load(Relaxed),
+                drop_port: self.udp_drop_port.load(Relaxed),
+                drop_rate: self.udp_drop_rate.load(Relaxed),
+                drop_full: self.udp_drop_full.load(Relaxed),
+                errors: self.udp_errors.load(Relaxed),
+            },
         }
     }
 }
@@ -74,6 +128,7 @@ impl std::ops::Add for Snapshot {
             idle_closed: self.idle_closed + o.idle_closed,
             bytes_in: self.bytes_in + o.bytes_in,
             bytes_out: self.bytes_out + o.bytes_out,
+            udp: self.udp + o.udp,
         }
     }
 }

@@ -23,6 +23,8 @@ macro_rules! syscall {
     }};
 }
 
+pub mod udp;
+
 /// Retries `f` while it fails with `EINTR`.
 fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {

@@ -43,10 +43,13 @@ use crate::idle::IdleList;
 use crate::log::Level;
 use crate::server::Shared;
 use crate::stats::Counters;
+use crate::udp::{Turn, UdpConfig, UdpEcho}; // UDP hook (#12)
 use crate::{log, sys};
 
 const LISTENER: u64 = u64::MAX - 1;
 const WAKE: u64 = u64::MAX;
+/// UDP hook (#12): the worker's UDP echo socket.
+const UDP: u64 = u64::MAX - 2;
 /// The worker's one read buffer, shared by all its connections.
 pub const BUF_SIZE: usize = 64 * 1024;
 /// Bytes read from one connection per loop turn before the others get their turn.
@@ -74,6 +77,8 @@ pub struct WorkerConfig {
     pub pin_cpu: Option<usize>,
     /// Echo bulk streams with splice(2) through a per-worker pipe.
     pub splice: bool,
+    /// UDP hook (#12): the UDP echo socket (`--udp-port`), if on.
+    pub udp: Option<UdpConfig>,
 }
 
 /// A rate-limited warning: counts occurrences, prints at most one line per second.
@@ -132,6 +137,10 @@ pub struct Worker {
     fd_exhaustion: Throttled,
     accept_errors: Throttled,
     now: Duration,
+    /// UDP hook (#12): the UDP echo socket, and whether it has datagrams left to serve
+    /// (an edge arrived, or its last turn ended with its budget spent).
+    udp: Option<UdpEcho>,
+    udp_ready: bool,
 }
 
 /// The client's address for debug logs (`getpeername`, only called when they are on).
@@ -192,6 +201,15 @@ impl Worker {
         let splice = cfg.splice;
         epoll.add(listener.as_fd(), sys::EPOLLIN, LISTENER)?;
         epoll.add(wake.as_fd(), sys::EPOLLIN, WAKE)?;
+        // UDP hook (#12): bind this worker's UDP socket beside its listener.
+        let udp = match &cfg.udp {
+            Some(udp) => {
+                let u = UdpEcho::bind(cfg.id, udp)?;
+                epoll.add(u.fd().as_fd(), sys::EPOLLIN | sys::EPOLLET, UDP)?;
+                Some(u)
+            }
+            None => None,
+        };
         Ok(Worker {
             cfg,
             shared,
@@ -223,7 +241,27 @@ impl Worker {
             fd_exhaustion: Throttled::default(),
             accept_errors: Throttled::default(),
             now: sys::coarse_now(),
+            udp,
+            udp_ready: false,
         })
+    }
+
+    /// UDP hook (#12): the UDP echo socket's address, if `--udp-port` is on.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().map(UdpEcho::local_addr)
+    }
+
+    /// UDP hook (#12): one budgeted UDP turn, if the socket has datagrams to serve.
+    fn serve_udp(&mut self) {
+        if !self.udp_ready {
+            return;
+        }
+        if let Some(u) = self.udp.as_mut() {
+            self.udp_ready = u.on_readable(self.now) == Turn::More;
+            self.counters.udp = u.counters();
+        } else {
+            self.udp_ready = false;
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -237,7 +275,7 @@ impl Worker {
     /// The event loop. Returns when shutdown has finished: every connection drained or closed.
     pub fn run(mut self) -> io::Result<()> {
         loop {
-            let timeout = if self.run.is_empty() {
+            let timeout = if self.run.is_empty() && !self.udp_ready {
                 self.next_deadline()
                     .map(|d| d.saturating_sub(sys::coarse_now()))
             } else {
@@ -257,11 +295,13 @@ impl Worker {
                 match ev.token() {
                     WAKE => self.begin_shutdown(),
                     LISTENER => self.accept_batch(),
+                    UDP => self.udp_ready = true, // UDP hook (#12)
                     token => self.on_conn_event(token as u32, ev.events()),
                 }
             }
             self.events = events;
             self.serve_run_queue();
+            self.serve_udp(); // UDP hook (#12)
             self.on_timers();
             self.free.append(&mut self.closed);
             self.shared.stats[self.cfg.id].publish(&self.counters, self.live);
@@ -468,6 +508,9 @@ impl Worker {
             return;
         }
         self.listener = None; // close(2) also removes it from epoll
+        // UDP hook (#12): datagrams have nothing to drain; stop answering at once.
+        self.udp = None;
+        self.udp_ready = false;
         self.paused_until = None;
         self.drain_deadline = Some(self.now + self.cfg.shutdown_timeout);
         self.drain_tick = Some(self.now + DRAIN_TICK);
