@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_echo-bench");
-const SERVER: &str = env!("CARGO_BIN_EXE_epoll-echo");
 /// No echo-bench run here may take longer (they are all asked for about a second).
 const RUN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -22,9 +22,24 @@ struct Server {
     addr: String,
 }
 
+/// The server binary: `$EPOLL_ECHO_BIN`, else `epoll-echo` beside echo-bench in the shared
+/// target directory (`cargo test --workspace` builds it for the server's own tests).
+fn server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("EPOLL_ECHO_BIN") {
+        return p.into();
+    }
+    let p = Path::new(BENCH).with_file_name("epoll-echo");
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo test --workspace` (which builds it), or set EPOLL_ECHO_BIN",
+        p.display()
+    );
+    p
+}
+
 impl Server {
     fn start() -> Server {
-        let mut child = Command::new(SERVER)
+        let mut child = Command::new(server_binary())
             .args(["--port", "0", "--maxListeners", "2", "--host", "127.0.0.1"])
             .env_remove("PORT")
             .env_remove("MAX_LISTENERS")

@@ -21,10 +21,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use epoll_echo::sys::{EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Event};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::report::{ErrorKind, Failure, Progress, Stats};
+use crate::sys::{EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Event};
 
 /// How often the loop wakes to check stalls and publish progress, even with no events.
 const TICK: Duration = Duration::from_millis(100);
@@ -307,7 +307,7 @@ pub fn run<S: Session>(plan: &Plan, progress: &Progress) -> Stats {
         if !w.again.is_empty() {
             wait = Duration::ZERO;
         }
-        let n = match w.epoll.wait(&mut events, Some(wait)) {
+        let n = match w.epoll.wait(&mut events, wait) {
             Ok(n) => n,
             Err(e) => {
                 let f = Failure::new(ErrorKind::Io, format!("epoll_wait: {e}"));

@@ -12,6 +12,9 @@ mod pattern;
 mod pingpong;
 mod probe;
 mod report;
+#[allow(unsafe_code)]
+mod sys;
+mod units;
 
 use std::io::IsTerminal;
 use std::num::NonZeroUsize;
@@ -101,14 +104,14 @@ impl Mode {
 
 fn parse_size(s: &str) -> Result<usize, String> {
     const MAX: usize = 256 << 20;
-    match epoll_echo::cli::parse_size(s)? {
+    match units::parse_size(s)? {
         n if n > MAX => Err(format!("'{s}' is more than the limit of 256M")),
         n => Ok(n),
     }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    match epoll_echo::duration::parse(s)? {
+    match units::parse_duration(s)? {
         d if d.is_zero() => Err("must be more than zero".into()),
         d => Ok(d),
     }
@@ -193,7 +196,7 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
         .clamp(1, connections);
     // Hundreds of sockets need more than a 1024 soft limit; failing here only means the
     // connects that run out of descriptors count as errors.
-    let _ = epoll_echo::sys::raise_nofile_limit();
+    let _ = sys::raise_nofile_limit();
 
     let start = Instant::now();
     let plans: Vec<Plan> = (0..threads)
