@@ -11,11 +11,17 @@
 //! driven again after the next `epoll_wait`, so one fast connection cannot starve the rest or
 //! make the loop miss the deadline.
 //!
+//! Open loop: a session that must not send before a scheduled instant returns
+//! [`Flow::Sleep`]; the loop keeps those instants in a heap, bounds `epoll_wait` by the
+//! earliest (nanosecond resolution, epoll_pwait2), and drives each session when it is due.
+//!
 //! Time: no new work starts after the deadline (`--duration`); work in flight finishes.
 //! A connection that makes no progress for `--timeout` is a stall error, and whatever is still
 //! open `--timeout` after the deadline is closed as a stall. So a thread always returns by
 //! `deadline + timeout` (plus one `epoll_wait` tick), whatever the server does.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
@@ -46,6 +52,9 @@ pub enum Flow {
     Wait,
     /// Still has work it could do now; drive again after the next `epoll_wait`.
     Yield,
+    /// Nothing to do before this instant (open loop: the next send is scheduled then); the
+    /// engine drives the session again at that time, or on an edge before it.
+    Sleep(Instant),
     /// Finished cleanly (the server closed after echoing everything): drop the socket.
     Done,
 }
@@ -68,6 +77,9 @@ pub struct Plan {
     pub timeout: Duration,
     /// Churn: once a connection is done, open a new one in its place until the deadline.
     pub reconnect: bool,
+    /// Open loop: `(requests per second for the whole run, connections in the run)`; each
+    /// connection sends on its own fixed schedule (see [`crate::pingpong`]).
+    pub rate: Option<(f64, usize)>,
 }
 
 struct Live<S> {
@@ -122,6 +134,8 @@ struct Worker<'p, S> {
     stopping: bool,
     /// Slots that yielded: driven again after the next wait.
     again: Vec<u64>,
+    /// Slots asleep until a scheduled send, earliest first.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
 impl<S: Session> Worker<'_, S> {
@@ -199,12 +213,14 @@ impl<S: Session> Worker<'_, S> {
             moved: false,
         };
         let flow = session.drive(&live.stream, &mut ctx);
-        if ctx.moved {
+        // Asleep by choice is not a stall: the clock restarts at the next send.
+        if ctx.moved || matches!(flow, Ok(Flow::Sleep(_))) {
             live.last_progress = Instant::now();
         }
         match flow {
             Ok(Flow::Wait) => {}
             Ok(Flow::Yield) => self.again.push(tok),
+            Ok(Flow::Sleep(at)) => self.timers.push(Reverse((at, tok))),
             Ok(Flow::Done) => self.close(idx, None),
             Err(f) => self.close(idx, Some(f)),
         }
@@ -267,6 +283,7 @@ pub fn run<S: Session>(plan: &Plan, progress: &Progress) -> Stats {
         buf: vec![0u8; 64 * 1024],
         stopping: false,
         again: Vec::new(),
+        timers: BinaryHeap::new(),
     };
     for idx in 0..w.slots.len() {
         w.connect(idx);
@@ -304,6 +321,9 @@ pub fn run<S: Session>(plan: &Plan, progress: &Progress) -> Stats {
         if !w.stopping {
             wait = wait.min(plan.deadline.saturating_duration_since(now));
         }
+        if let Some(Reverse((at, _))) = w.timers.peek() {
+            wait = wait.min(at.saturating_duration_since(now));
+        }
         if !w.again.is_empty() {
             wait = Duration::ZERO;
         }
@@ -320,6 +340,14 @@ pub fn run<S: Session>(plan: &Plan, progress: &Progress) -> Stats {
             w.handle(ev.token());
         }
         for tok in again {
+            w.handle(tok);
+        }
+        let now = Instant::now();
+        while let Some(&Reverse((at, tok))) = w.timers.peek() {
+            if at > now {
+                break;
+            }
+            w.timers.pop();
             w.handle(tok);
         }
     }

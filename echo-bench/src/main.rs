@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 
 use crate::engine::{Plan, Session};
 use crate::report::{Progress, Report, Stats};
@@ -73,15 +73,23 @@ struct Cli {
     /// for this long is an error (stall), and the run ends at most this long after --duration.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_positive_duration)]
     timeout: Duration,
+
+    /// pingpong: open loop. Send N requests per second in all, spread evenly over the
+    /// connections on a fixed schedule, and time each reply from its request's intended send
+    /// instant (wrk2's correction for coordinated omission), so server stalls show in
+    /// p99/p999. Reports the achieved rate and warns when it is under 95% of N.
+    /// [default: closed loop, each connection sends when its previous echo is back]
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    rate: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// Each connection sends --size bytes, waits for all of them back, repeats; latency per
-    /// exchange.
+    /// exchange. Closed loop, or open loop with --rate.
     Pingpong,
     /// Each connection streams pseudo-random bytes while reading the echo; throughput, and
-    /// latency per --size chunk.
+    /// each --size chunk's turnaround (mostly socket-buffer queueing, not a latency).
     Bulk,
     /// Connect, one exchange, close, repeat; latency from connect to the last echoed byte.
     Churn,
@@ -110,6 +118,15 @@ fn parse_size(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a rate: use a number of requests per second above 0 (e.g. 10000)"
+        )),
+    }
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match units::parse_duration(s)? {
         d if d.is_zero() => Err("must be more than zero".into()),
@@ -119,6 +136,14 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // bad flags: a message naming the flag, exit 2
+    if cli.rate.is_some() && cli.mode != Mode::Pingpong {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("--rate applies to pingpong only, not {}", cli.mode.name()),
+            )
+            .exit();
+    }
     let addr = cli
         .addr
         .clone()
@@ -130,6 +155,9 @@ fn main() -> ExitCode {
         Ok(report) => {
             if cli.json {
                 println!("{}", report.json());
+                if let Some(w) = report.warning() {
+                    eprintln!("echo-bench: {w}");
+                }
             } else {
                 print!("{}", report.table());
             }
@@ -210,6 +238,7 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
             deadline: start + cli.duration,
             timeout: cli.timeout,
             reconnect: cli.mode == Mode::Churn,
+            rate: cli.rate.map(|r| (r, connections)),
         })
         .collect();
     let progress = Progress::default();
@@ -227,6 +256,7 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
         size,
         duration: start.elapsed(),
         stats,
+        rate: cli.rate.map(|r| (r, cli.duration)),
     })
 }
 
@@ -276,7 +306,6 @@ fn run_threads<S: Session>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn verify_cli() {

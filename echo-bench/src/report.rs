@@ -83,8 +83,10 @@ pub struct Stats {
     pub round_trips: u64,
     /// Payload bytes echoed back and verified (one direction).
     pub bytes: u64,
-    /// Round-trip latency in nanoseconds (printed in µs).
+    /// Round-trip latency in nanoseconds (printed in µs); open loop: from the intended send.
     pub latency: Histogram<u64>,
+    /// Open loop only: from the actual send (what a closed loop measures), in nanoseconds.
+    pub service_time: Histogram<u64>,
     errors: [u64; ErrorKind::ALL.len()],
     /// The first message of each kind, for the human table.
     first: [Option<String>; ErrorKind::ALL.len()],
@@ -95,9 +97,8 @@ impl Stats {
         Stats {
             round_trips: 0,
             bytes: 0,
-            // 1 ns .. 1 hour at 3 significant digits; larger values saturate.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .expect("valid histogram bounds"),
+            latency: histogram(),
+            service_time: histogram(),
             errors: [0; ErrorKind::ALL.len()],
             first: Default::default(),
         }
@@ -108,6 +109,11 @@ impl Stats {
         self.bytes += bytes as u64;
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.latency.saturating_record(ns);
+    }
+
+    pub fn record_service_time(&mut self, t: Duration) {
+        let ns = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.service_time.saturating_record(ns);
     }
 
     pub fn record_error(&mut self, f: Failure) {
@@ -128,6 +134,9 @@ impl Stats {
         self.latency
             .add(&other.latency)
             .expect("histograms share bounds");
+        self.service_time
+            .add(&other.service_time)
+            .expect("histograms share bounds");
         for (i, msg) in other.first.into_iter().enumerate() {
             self.errors[i] += other.errors[i];
             if self.first[i].is_none() {
@@ -135,6 +144,11 @@ impl Stats {
             }
         }
     }
+}
+
+/// 1 ns .. 1 hour at 3 significant digits; larger values saturate.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Counters the workers publish now and then, for the progress line.
@@ -179,7 +193,12 @@ pub struct Report<'a> {
     pub size: usize,
     pub duration: Duration,
     pub stats: Stats,
+    /// Open loop: `--rate` and `--duration` (the requests scheduled are their product).
+    pub rate: Option<(f64, Duration)>,
 }
+
+/// Below this share of the requested rate, the server did not keep up.
+const KEEP_UP: f64 = 0.95;
 
 struct Latencies {
     p50: f64,
@@ -194,36 +213,85 @@ impl Report<'_> {
         self.duration.as_secs_f64().max(1e-9)
     }
 
-    fn latencies(&self) -> Latencies {
-        let h = &self.stats.latency;
-        let us = |ns: u64| ns as f64 / 1000.0;
-        if h.is_empty() {
-            return Latencies {
-                p50: 0.0,
-                p90: 0.0,
-                p99: 0.0,
-                p999: 0.0,
-                max: 0.0,
-            };
-        }
-        Latencies {
-            p50: us(h.value_at_quantile(0.50)),
-            p90: us(h.value_at_quantile(0.90)),
-            p99: us(h.value_at_quantile(0.99)),
-            p999: us(h.value_at_quantile(0.999)),
-            max: us(h.max()),
+    /// The latency histogram's JSON key and table label: bulk's per-chunk times are
+    /// dominated by socket-buffer queueing, so they are not called latency.
+    fn latency_name(&self) -> (&'static str, &'static str) {
+        match (self.mode, self.rate) {
+            ("bulk", _) => ("chunk_turnaround_us", "turnaround µs"),
+            _ => ("latency_us", "latency µs"),
         }
     }
 
-    /// Exactly one line, keys in a fixed order.
-    pub fn json(&self) -> String {
-        let l = self.latencies();
+    /// Open loop: the share of the scheduled requests that were answered (1.0: all).
+    pub fn kept_up(&self) -> Option<f64> {
+        let (rate, planned) = self.rate?;
+        let scheduled = (rate * planned.as_secs_f64()).max(1.0);
+        Some(self.stats.round_trips as f64 / scheduled)
+    }
+
+    /// The warning for a server that could not keep up with `--rate`, if it could not.
+    pub fn warning(&self) -> Option<String> {
+        let share = self.kept_up()?;
+        let (rate, _) = self.rate?;
+        (share < KEEP_UP).then(|| {
+            format!(
+                "warning: the server did not keep up: {:.1} round trips/s achieved of {rate} requested \
+                 ({:.0}% of the scheduled requests answered); latencies include the backlog",
+                self.stats.round_trips as f64 / self.secs(),
+                share * 100.0
+            )
+        })
+    }
+
+    fn latencies(&self) -> Latencies {
+        quantiles(&self.stats.latency)
+    }
+}
+
+fn quantiles(h: &Histogram<u64>) -> Latencies {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    if h.is_empty() {
+        return Latencies {
+            p50: 0.0,
+            p90: 0.0,
+            p99: 0.0,
+            p999: 0.0,
+            max: 0.0,
+        };
+    }
+    Latencies {
+        p50: us(h.value_at_quantile(0.50)),
+        p90: us(h.value_at_quantile(0.90)),
+        p99: us(h.value_at_quantile(0.99)),
+        p999: us(h.value_at_quantile(0.999)),
+        max: us(h.max()),
+    }
+}
+
+impl Latencies {
+    fn json(&self) -> String {
         format!(
+            "{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}}",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
+}
+
+impl Report<'_> {
+    /// Exactly one line, keys in a fixed order. Open loop adds `requested_rate` and `kept_up`
+    /// after `round_trips_per_sec` (the achieved rate) and `service_time_us` after the latency.
+    pub fn json(&self) -> String {
+        let mut j = format!(
             concat!(
                 "{{\"mode\":\"{}\",\"connections\":{},\"size\":{},\"duration_s\":{:.3},",
-                "\"round_trips\":{},\"round_trips_per_sec\":{:.1},\"bytes_per_sec\":{:.1},",
-                "\"latency_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}},",
-                "\"errors\":{}}}"
+                "\"round_trips\":{},\"round_trips_per_sec\":{:.1},"
             ),
             self.mode,
             self.connections,
@@ -231,14 +299,30 @@ impl Report<'_> {
             self.duration.as_secs_f64(),
             self.stats.round_trips,
             self.stats.round_trips as f64 / self.secs(),
+        );
+        if let (Some((rate, _)), Some(share)) = (self.rate, self.kept_up()) {
+            let _ = write!(
+                j,
+                "\"requested_rate\":{rate:.1},\"kept_up\":{},",
+                share >= KEEP_UP
+            );
+        }
+        let _ = write!(
+            j,
+            "\"bytes_per_sec\":{:.1},\"{}\":{},",
             self.stats.bytes as f64 / self.secs(),
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            self.stats.errors()
-        )
+            self.latency_name().0,
+            self.latencies().json()
+        );
+        if self.rate.is_some() {
+            let _ = write!(
+                j,
+                "\"service_time_us\":{},",
+                quantiles(&self.stats.service_time).json()
+            );
+        }
+        let _ = write!(j, "\"errors\":{}}}", self.stats.errors());
+        j
     }
 
     pub fn table(&self) -> String {
@@ -267,11 +351,32 @@ impl Report<'_> {
             s.bytes,
             human_bytes(s.bytes as f64 / self.secs())
         );
-        let _ = writeln!(
-            t,
-            "latency µs      p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-            l.p50, l.p90, l.p99, l.p999, l.max
-        );
+        if let (Some((rate, _)), Some(share)) = (self.rate, self.kept_up()) {
+            let _ = writeln!(
+                t,
+                "rate            {rate}/s requested, {:.1}/s achieved ({:.0}% of the scheduled requests answered)",
+                s.round_trips as f64 / self.secs(),
+                share * 100.0
+            );
+        }
+        let _ = writeln!(t, "{:<16}{}", self.latency_name().1, l.row());
+        if self.rate.is_some() {
+            let st = quantiles(&s.service_time);
+            let _ = writeln!(t, "{:<16}{}", "service µs", st.row());
+            let _ = writeln!(
+                t,
+                "                (latency: from each request's intended send instant; service: from its actual send, as a closed loop measures)"
+            );
+        }
+        if self.mode == "bulk" {
+            let _ = writeln!(
+                t,
+                "                (a chunk's first byte written → its last byte echoed: mostly time queued in socket buffers, not a latency)"
+            );
+        }
+        if let Some(w) = self.warning() {
+            let _ = writeln!(t, "{w}");
+        }
         let _ = writeln!(t, "errors          {}", s.errors());
         for kind in ErrorKind::ALL {
             let n = s.errors[kind as usize];
@@ -328,6 +433,7 @@ mod tests {
             size: 64,
             duration: Duration::from_millis(2000),
             stats,
+            rate: None,
         }
         .json()
     }
@@ -352,6 +458,56 @@ mod tests {
         );
         assert!(j.ends_with(",\"max\":30.0},\"errors\":1}"), "{j}");
         assert!(!j.contains('\n'));
+    }
+
+    #[test]
+    fn open_loop_json_and_the_keep_up_warning() {
+        let mut stats = Stats::new();
+        for _ in 0..94 {
+            stats.record_round_trip(64, Duration::from_millis(3));
+            stats.record_service_time(Duration::from_micros(20));
+        }
+        let mut r = Report {
+            mode: "pingpong",
+            addr: "127.0.0.1:1".into(),
+            connections: 2,
+            threads: 1,
+            size: 64,
+            duration: Duration::from_secs(1),
+            stats,
+            rate: Some((100.0, Duration::from_secs(1))),
+        };
+        let j = r.json();
+        assert!(
+            j.contains("\"round_trips_per_sec\":94.0,\"requested_rate\":100.0,\"kept_up\":false,"),
+            "{j}"
+        );
+        assert!(j.contains("\"service_time_us\":{\"p50\":20.0,"), "{j}");
+        assert!(
+            r.warning()
+                .is_some_and(|w| w.contains("94.0 round trips/s achieved of 100 requested"))
+        );
+        assert!(r.table().contains("did not keep up"));
+        r.stats.record_round_trip(64, Duration::from_millis(3));
+        assert!(r.json().contains("\"kept_up\":true,"));
+        assert_eq!(r.warning(), None);
+    }
+
+    #[test]
+    fn bulk_times_are_not_called_latency() {
+        let r = Report {
+            mode: "bulk",
+            addr: "127.0.0.1:1".into(),
+            connections: 1,
+            threads: 1,
+            size: 65536,
+            duration: Duration::from_secs(1),
+            stats: Stats::new(),
+            rate: None,
+        };
+        assert!(r.json().contains("\"chunk_turnaround_us\":{"));
+        assert!(!r.json().contains("latency"));
+        assert!(!r.table().contains("latency µs"));
     }
 
     #[test]

@@ -105,6 +105,26 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// A quantile (`p99`…) of a histogram object (`latency_us`…) of the JSON line, in µs.
+    fn quantile(&self, hist: &str, q: &str) -> f64 {
+        let obj = format!("\"{hist}\":{{");
+        let at = self
+            .stdout
+            .find(&obj)
+            .unwrap_or_else(|| panic!("no {hist} in {:?}", self.stdout));
+        let rest = &self.stdout[at + obj.len()..];
+        let pat = format!("\"{q}\":");
+        let from = rest.find(&pat).expect("quantile") + pat.len();
+        let num: String = rest[from..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        num.parse()
+            .unwrap_or_else(|_| panic!("{hist}.{q} in {:?}", self.stdout))
+    }
+}
+
 /// Runs echo-bench without PORT to completion (killed and failed after `RUN_LIMIT`).
 fn bench(args: &[&str]) -> Outcome {
     bench_port(args, None)
@@ -284,6 +304,10 @@ enum Fault {
     CloseAfter(usize),
     /// Read everything, echo nothing.
     Silent,
+    /// Echo everything, but once `n` bytes have come in, stall for 300 ms (once per connection).
+    StallOnce(usize),
+    /// Echo everything, each read's echo 10 ms late.
+    Slow,
 }
 
 /// A misbehaving echo server on 127.0.0.1, one thread per connection.
@@ -343,6 +367,16 @@ fn serve(mut conn: TcpStream, fault: Fault) {
             }
             Fault::CloseAfter(limit) => n.min(limit - pos),
             Fault::Silent => 0,
+            Fault::StallOnce(at) => {
+                if pos < at && pos + n >= at {
+                    thread::sleep(Duration::from_millis(300)); // the server's stall, not a sync
+                }
+                n
+            }
+            Fault::Slow => {
+                thread::sleep(Duration::from_millis(10)); // the server's slowness, not a sync
+                n
+            }
         };
         if conn.write_all(&buf[..out]).is_err() {
             return;
@@ -436,4 +470,109 @@ fn silent_server_and_closed_port_fail_in_bounded_time() {
     let o = assert_errors("pingpong", &closed, &["--json"]);
     assert_eq!(o.field("errors"), 50, "{}", o.stdout);
     assert_eq!(o.field("round_trips"), 0, "{}", o.stdout);
+}
+
+/// The open loop (wrk2's correction) must show a 300 ms stall in p99; the closed loop against
+/// the same server records it as one slow sample (max) and its p99 hides it.
+#[test]
+fn open_loop_shows_a_stall_that_the_closed_loop_hides() {
+    // One connection, 1000 requests/s for 1.5 s: the stall comes after ~0.3 s and delays the
+    // ~300 requests scheduled during it, a fifth of all, by up to 300 ms each.
+    let server = Broken::start(Fault::StallOnce(64 * 300));
+    let open = bench(&[
+        "pingpong",
+        "--addr",
+        &server.addr,
+        "--connections",
+        "1",
+        "--rate",
+        "1000",
+        "--duration",
+        "1500ms",
+        "--json",
+    ]);
+    assert_eq!(open.code, Some(0), "{}{}", open.stdout, open.stderr);
+    assert_eq!(open.field("errors"), 0, "{}", open.stdout);
+    assert!(
+        open.stdout
+            .contains("\"requested_rate\":1000.0,\"kept_up\":true,"),
+        "{}",
+        open.stdout
+    );
+    assert!(
+        open.quantile("latency_us", "p99") >= 250_000.0,
+        "{}",
+        open.stdout
+    );
+    // The same run's service times (from the actual send) hide it as the closed loop does.
+    assert!(
+        open.quantile("service_time_us", "p99") < 100_000.0,
+        "{}",
+        open.stdout
+    );
+
+    let closed = bench(&[
+        "pingpong",
+        "--addr",
+        &server.addr,
+        "--connections",
+        "1",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(closed.code, Some(0), "{}{}", closed.stdout, closed.stderr);
+    assert!(
+        !closed.stdout.contains("requested_rate"),
+        "{}",
+        closed.stdout
+    );
+    assert!(
+        closed.quantile("latency_us", "max") >= 250_000.0,
+        "{}",
+        closed.stdout
+    );
+    assert!(
+        closed.quantile("latency_us", "p99") < 100_000.0,
+        "{}",
+        closed.stdout
+    );
+}
+
+/// A server slower than --rate: achieved rate reported, a warning, kept_up false; not an error.
+#[test]
+fn open_loop_says_when_the_server_cannot_keep_up() {
+    let server = Broken::start(Fault::Slow); // at most ~100 round trips/s per connection
+    let o = bench(&[
+        "pingpong",
+        "--addr",
+        &server.addr,
+        "--connections",
+        "2",
+        "--rate",
+        "1000",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout
+            .contains("\"requested_rate\":1000.0,\"kept_up\":false,"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.field("round_trips_per_sec") < 500, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("warning: the server did not keep up"),
+        "{}",
+        o.stderr
+    );
+    let o = bench(&["bulk", "--addr", &server.addr, "--rate", "10"]);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("--rate applies to pingpong only"),
+        "{}",
+        o.stderr
+    );
 }
