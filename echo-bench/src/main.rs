@@ -14,6 +14,7 @@ mod probe;
 mod report;
 #[allow(unsafe_code)]
 mod sys;
+mod udp;
 mod units;
 
 use std::io::IsTerminal;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, ValueEnum};
 
-use crate::engine::{Plan, Session};
+use crate::engine::Plan;
 use crate::report::{Progress, Report, Stats};
 
 /// Load generator for TCP echo servers that tells the truth: every echoed byte is compared
@@ -46,7 +47,8 @@ struct Cli {
     #[arg(long, env = "PORT", default_value_t = 8080, hide = true)]
     port: u16,
 
-    /// Concurrent connections [default: 50 for pingpong, 1 for bulk and churn; probe uses 1].
+    /// Concurrent connections (udp: sockets) [default: 50 for pingpong, 16 for udp, 1 for bulk
+    /// and churn; probe uses 1].
     #[arg(short, long, value_name = "N")]
     connections: Option<NonZeroUsize>,
 
@@ -69,8 +71,9 @@ struct Cli {
     #[arg(long)]
     json: bool,
 
-    /// probe: the limit for the whole round trip. Other modes: a connection without progress
-    /// for this long is an error (stall), and the run ends at most this long after --duration.
+    /// probe: the limit for the whole round trip. udp: how long an unanswered datagram waits
+    /// before it counts as lost. Other modes: a connection without progress for this long is
+    /// an error (stall), and the run ends at most this long after --duration.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_positive_duration)]
     timeout: Duration,
 
@@ -81,6 +84,10 @@ struct Cli {
     /// [default: closed loop, each connection sends when its previous echo is back]
     #[arg(long, value_name = "N", value_parser = parse_rate)]
     rate: Option<f64>,
+
+    /// udp: datagrams in flight per socket.
+    #[arg(long, default_value_t = NonZeroUsize::new(12).expect("nonzero"), value_name = "W")]
+    window: NonZeroUsize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,6 +95,9 @@ enum Mode {
     /// Each connection sends --size bytes, waits for all of them back, repeats; latency per
     /// exchange. Closed loop, or open loop with --rate.
     Pingpong,
+    /// --connections UDP sockets, each keeping --window datagrams of --size bytes in flight;
+    /// every reply checked, unanswered ones lost after --timeout.
+    Udp,
     /// Each connection streams pseudo-random bytes while reading the echo; throughput, and
     /// each --size chunk's turnaround (mostly socket-buffer queueing, not a latency).
     Bulk,
@@ -106,6 +116,7 @@ impl Mode {
             Mode::Bulk => "bulk",
             Mode::Churn => "churn",
             Mode::Probe => "probe",
+            Mode::Udp => "udp",
         }
     }
 }
@@ -137,12 +148,21 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse(); // bad flags: a message naming the flag, exit 2
     if cli.rate.is_some() && cli.mode != Mode::Pingpong {
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::ArgumentConflict,
-                format!("--rate applies to pingpong only, not {}", cli.mode.name()),
-            )
-            .exit();
+        usage_error(format!(
+            "--rate applies to pingpong only, not {}",
+            cli.mode.name()
+        ));
+    }
+    if cli.mode == Mode::Udp
+        && let Some(s) = cli
+            .size
+            .filter(|s| !(udp::MIN_SIZE..=udp::MAX_SIZE).contains(s))
+    {
+        usage_error(format!(
+            "--size {s}: udp datagrams must be {} to {} bytes (each carries an 8-byte sequence header)",
+            udp::MIN_SIZE,
+            udp::MAX_SIZE
+        ));
     }
     let addr = cli
         .addr
@@ -172,6 +192,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A bad combination of flags: clap's message format, exit 2.
+fn usage_error(msg: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, msg)
+        .exit()
 }
 
 fn probe_main(addr: &str, cli: &Cli) -> ExitCode {
@@ -212,7 +239,11 @@ fn probe_main(addr: &str, cli: &Cli) -> ExitCode {
 fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
     let target = probe::resolve(addr, Instant::now() + cli.timeout)?[0];
     let connections = cli.connections.map_or(
-        if cli.mode == Mode::Pingpong { 50 } else { 1 },
+        match cli.mode {
+            Mode::Pingpong => 50,
+            Mode::Udp => 16,
+            _ => 1,
+        },
         NonZeroUsize::get,
     );
     let size = cli
@@ -227,13 +258,41 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
     let _ = sys::raise_nofile_limit();
 
     let start = Instant::now();
+    let progress = Progress::default();
+    let share = |t: usize| -> Vec<u64> {
+        (t..connections)
+            .step_by(threads)
+            .map(|i| i as u64)
+            .collect()
+    };
+    if cli.mode == Mode::Udp {
+        let plans: Vec<udp::UdpPlan> = (0..threads)
+            .map(|t| udp::UdpPlan {
+                addr: target,
+                ids: share(t),
+                window: cli.window.get(),
+                size,
+                deadline: start + cli.duration,
+                timeout: cli.timeout,
+            })
+            .collect();
+        let stats = run_threads(&plans, &progress, start, udp::run)?;
+        return Ok(Report {
+            mode: cli.mode.name(),
+            addr: target.to_string(),
+            connections,
+            threads,
+            size,
+            duration: start.elapsed(),
+            stats,
+            rate: None,
+            window: Some(cli.window.get()),
+        });
+    }
     let plans: Vec<Plan> = (0..threads)
         .map(|t| Plan {
             addr: target,
-            ids: (t..connections)
-                .step_by(threads)
-                .map(|i| i as u64)
-                .collect(),
+            ids: share(t),
             size,
             deadline: start + cli.duration,
             timeout: cli.timeout,
@@ -241,12 +300,11 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
             rate: cli.rate.map(|r| (r, connections)),
         })
         .collect();
-    let progress = Progress::default();
     let stats = match cli.mode {
-        Mode::Pingpong => run_threads::<pingpong::PingPong>(&plans, &progress, start)?,
-        Mode::Bulk => run_threads::<bulk::Bulk>(&plans, &progress, start)?,
-        Mode::Churn => run_threads::<pingpong::Churn>(&plans, &progress, start)?,
-        Mode::Probe => unreachable!("probe runs on its own"),
+        Mode::Pingpong => run_threads(&plans, &progress, start, engine::run::<pingpong::PingPong>)?,
+        Mode::Bulk => run_threads(&plans, &progress, start, engine::run::<bulk::Bulk>)?,
+        Mode::Churn => run_threads(&plans, &progress, start, engine::run::<pingpong::Churn>)?,
+        Mode::Probe | Mode::Udp => unreachable!("probe and udp run on their own"),
     };
     Ok(Report {
         mode: cli.mode.name(),
@@ -257,13 +315,16 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
         duration: start.elapsed(),
         stats,
         rate: cli.rate.map(|r| (r, cli.duration)),
+        window: None,
     })
 }
 
-fn run_threads<S: Session>(
-    plans: &[Plan],
+/// Runs `work` on one thread per plan, prints progress on a terminal, merges the results.
+fn run_threads<P: Sync>(
+    plans: &[P],
     progress: &Progress,
     start: Instant,
+    work: fn(&P, &Progress) -> Stats,
 ) -> Result<Stats, String> {
     let show_progress = std::io::stderr().is_terminal();
     std::thread::scope(|scope| {
@@ -274,7 +335,7 @@ fn run_threads<S: Session>(
             let h = std::thread::Builder::new()
                 .name(format!("bench-{t}"))
                 .spawn_scoped(scope, move || {
-                    let stats = engine::run::<S>(plan, progress);
+                    let stats = work(plan, progress);
                     drop(done);
                     stats
                 })

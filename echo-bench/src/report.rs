@@ -83,6 +83,10 @@ pub struct Stats {
     pub round_trips: u64,
     /// Payload bytes echoed back and verified (one direction).
     pub bytes: u64,
+    /// udp: datagrams sent; given up as lost after `--timeout`; answered after that.
+    pub sent: u64,
+    pub lost: u64,
+    pub late: u64,
     /// Round-trip latency in nanoseconds (printed in µs); open loop: from the intended send.
     pub latency: Histogram<u64>,
     /// Open loop only: from the actual send (what a closed loop measures), in nanoseconds.
@@ -97,6 +101,9 @@ impl Stats {
         Stats {
             round_trips: 0,
             bytes: 0,
+            sent: 0,
+            lost: 0,
+            late: 0,
             latency: histogram(),
             service_time: histogram(),
             errors: [0; ErrorKind::ALL.len()],
@@ -131,6 +138,9 @@ impl Stats {
     pub fn merge(&mut self, other: Stats) {
         self.round_trips += other.round_trips;
         self.bytes += other.bytes;
+        self.sent += other.sent;
+        self.lost += other.lost;
+        self.late += other.late;
         self.latency
             .add(&other.latency)
             .expect("histograms share bounds");
@@ -195,6 +205,8 @@ pub struct Report<'a> {
     pub stats: Stats,
     /// Open loop: `--rate` and `--duration` (the requests scheduled are their product).
     pub rate: Option<(f64, Duration)>,
+    /// udp: datagrams in flight per socket (adds `window`, `sent`, `lost`, `late`).
+    pub window: Option<usize>,
 }
 
 /// Below this share of the requested rate, the server did not keep up.
@@ -289,14 +301,29 @@ impl Report<'_> {
     /// after `round_trips_per_sec` (the achieved rate) and `service_time_us` after the latency.
     pub fn json(&self) -> String {
         let mut j = format!(
-            concat!(
-                "{{\"mode\":\"{}\",\"connections\":{},\"size\":{},\"duration_s\":{:.3},",
-                "\"round_trips\":{},\"round_trips_per_sec\":{:.1},"
-            ),
-            self.mode,
-            self.connections,
+            "{{\"mode\":\"{}\",\"connections\":{},",
+            self.mode, self.connections
+        );
+        if let Some(w) = self.window {
+            let _ = write!(j, "\"window\":{w},");
+        }
+        let _ = write!(
+            j,
+            "\"size\":{},\"duration_s\":{:.3},",
             self.size,
-            self.duration.as_secs_f64(),
+            self.duration.as_secs_f64()
+        );
+        if self.window.is_some() {
+            let s = &self.stats;
+            let _ = write!(
+                j,
+                "\"sent\":{},\"lost\":{},\"late\":{},",
+                s.sent, s.lost, s.late
+            );
+        }
+        let _ = write!(
+            j,
+            "\"round_trips\":{},\"round_trips_per_sec\":{:.1},",
             self.stats.round_trips,
             self.stats.round_trips as f64 / self.secs(),
         );
@@ -337,8 +364,18 @@ impl Report<'_> {
             self.threads,
             if self.threads == 1 { "" } else { "s" }
         );
+        if let Some(w) = self.window {
+            let _ = writeln!(t, "window          {w} datagrams in flight per socket");
+        }
         let _ = writeln!(t, "size            {} bytes", self.size);
         let _ = writeln!(t, "duration        {:.3} s", self.duration.as_secs_f64());
+        if self.window.is_some() {
+            let _ = writeln!(
+                t,
+                "datagrams       {} sent, {} lost (unanswered for --timeout), {} late",
+                s.sent, s.lost, s.late
+            );
+        }
         let _ = writeln!(
             t,
             "round trips     {} ({:.1}/s)",
@@ -434,6 +471,7 @@ mod tests {
             duration: Duration::from_millis(2000),
             stats,
             rate: None,
+            window: None,
         }
         .json()
     }
@@ -476,6 +514,7 @@ mod tests {
             duration: Duration::from_secs(1),
             stats,
             rate: Some((100.0, Duration::from_secs(1))),
+            window: None,
         };
         let j = r.json();
         assert!(
@@ -504,6 +543,7 @@ mod tests {
             duration: Duration::from_secs(1),
             stats: Stats::new(),
             rate: None,
+            window: None,
         };
         assert!(r.json().contains("\"chunk_turnaround_us\":{"));
         assert!(!r.json().contains("latency"));

@@ -576,3 +576,132 @@ fn open_loop_says_when_the_server_cannot_keep_up() {
         o.stderr
     );
 }
+
+/// How an in-test UDP echo thread treats the `n`-th datagram (from 1).
+#[derive(Clone, Copy)]
+enum UdpFault {
+    None,
+    /// Flip a bit in byte 20 of datagram 100.
+    FlipOne,
+    /// Drop every 50th datagram.
+    DropEvery50,
+}
+
+/// A blocking recv_from/send_to echo thread on 127.0.0.1; it stops when dropped.
+struct UdpEcho {
+    addr: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpEcho {
+    fn start(fault: UdpFault) -> UdpEcho {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let addr = sock.local_addr().expect("local addr").to_string();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut n = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                    continue; // the read timeout: look at `stop` again
+                };
+                n += 1;
+                match fault {
+                    UdpFault::DropEvery50 if n % 50 == 0 => continue,
+                    UdpFault::FlipOne if n == 100 => buf[20] ^= 1,
+                    _ => {}
+                }
+                let _ = sock.send_to(&buf[..len], from);
+            }
+        });
+        UdpEcho { addr, stop }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn udp_against_a_good_echo_is_clean() {
+    let echo = UdpEcho::start(UdpFault::None);
+    let o = bench(&[
+        "udp",
+        "--addr",
+        &echo.addr,
+        "--connections",
+        "4",
+        "--window",
+        "8",
+        "--size",
+        "100",
+        "--duration",
+        "500ms",
+        "--timeout",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout
+            .starts_with("{\"mode\":\"udp\",\"connections\":4,\"window\":8,\"size\":100,"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!((o.field("errors"), o.field("lost")), (0, 0), "{}", o.stdout);
+    assert!(o.field("round_trips") > 100, "{}", o.stdout);
+    assert_eq!(o.field("sent"), o.field("round_trips"), "{}", o.stdout);
+    assert!(o.quantile("latency_us", "p99") > 0.0, "{}", o.stdout);
+}
+
+#[test]
+fn udp_corrupted_reply_is_an_error_and_a_dropped_one_is_lost() {
+    let flip = UdpEcho::start(UdpFault::FlipOne);
+    let o = bench(&[
+        "udp",
+        "--addr",
+        &flip.addr,
+        "--duration",
+        "500ms",
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("\n  mismatch      1 "), "{}", o.stdout);
+    assert!(o.stdout.contains(" byte 20 sent 0x"), "{}", o.stdout);
+
+    let lossy = UdpEcho::start(UdpFault::DropEvery50);
+    let o = bench(&[
+        "udp",
+        "--addr",
+        &lossy.addr,
+        "--duration",
+        "500ms",
+        "--timeout",
+        "200ms",
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert_eq!(o.field("errors"), 0, "{}", o.stdout);
+    let (sent, lost, rts) = (o.field("sent"), o.field("lost"), o.field("round_trips"));
+    assert!(lost > 0 && lost <= sent / 50 + 1, "{}", o.stdout);
+    assert_eq!(sent, lost + rts, "{}", o.stdout);
+
+    // Nothing listening: ICMP port unreachable comes back as a refusal, an error per socket.
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr").to_string()
+    };
+    let o = bench(&["udp", "--addr", &closed, "--duration", "300ms", "--json"]);
+    assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);
+    assert_eq!(o.field("round_trips"), 0, "{}", o.stdout);
+    assert!(o.field("errors") > 0, "{}", o.stdout);
+    let o = bench(&["udp", "--addr", &closed, "--size", "4"]);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("--size 4"), "{}", o.stderr);
+}
