@@ -29,8 +29,11 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use rustls::ClientConnection;
+
 use crate::report::{ErrorKind, Failure, Progress, Stats};
 use crate::sys::{EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Event};
+use crate::tls::{Conn, Tls};
 
 /// How often the loop wakes to check stalls and publish progress, even with no events.
 const TICK: Duration = Duration::from_millis(100);
@@ -64,7 +67,8 @@ pub trait Session {
     /// A freshly connected socket: connection `id`, its `attempt`-th socket (churn
     /// reconnects); `began` is when connect(2) was called.
     fn start(id: u64, attempt: u32, began: Instant, plan: &Plan) -> Self;
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure>;
+    /// Moves bytes over `s` (plain TCP or TLS, see [`crate::tls::Conn`]).
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure>;
 }
 
 /// What one thread runs.
@@ -80,6 +84,8 @@ pub struct Plan {
     /// Open loop: `(requests per second for the whole run, connections in the run)`; each
     /// connection sends on its own fixed schedule (see [`crate::pingpong`]).
     pub rate: Option<(f64, usize)>,
+    /// `--tls`: every connection runs a TLS client over its socket.
+    pub tls: Option<Tls>,
 }
 
 struct Live<S> {
@@ -88,6 +94,8 @@ struct Live<S> {
     last_progress: Instant,
     /// `None` while connect(2) is in progress.
     session: Option<S>,
+    /// `--tls`: the client side of the TLS session (created when connect(2) completes).
+    tls: Option<ClientConnection>,
 }
 
 struct Slot<S> {
@@ -151,6 +159,7 @@ impl<S: Session> Worker<'_, S> {
                     began,
                     last_progress: began,
                     session: None,
+                    tls: None,
                 });
                 self.open += 1;
             }
@@ -202,17 +211,30 @@ impl<S: Session> Worker<'_, S> {
                     return self.close(idx, Some(Failure::new(ErrorKind::Connect, msg)));
                 }
             }
+            if let Some(tls) = &self.plan.tls {
+                match tls.connect() {
+                    Ok(c) => live.tls = Some(c),
+                    Err(e) => {
+                        let msg = format!("conn {id}: TLS client: {e}");
+                        return self.close(idx, Some(Failure::new(ErrorKind::Tls, msg)));
+                    }
+                }
+            }
             live.session = Some(S::start(id, attempt, live.began, self.plan));
             live.last_progress = Instant::now();
         }
         let session = live.session.as_mut().expect("connected");
+        let mut conn = Conn {
+            sock: &live.stream,
+            tls: live.tls.as_mut(),
+        };
         let mut ctx = Ctx {
             stats: &mut self.stats,
             buf: &mut self.buf,
             stopping: self.stopping,
             moved: false,
         };
-        let flow = session.drive(&live.stream, &mut ctx);
+        let flow = session.drive(&mut conn, &mut ctx);
         // Asleep by choice is not a stall: the clock restarts at the next send.
         if ctx.moved || matches!(flow, Ok(Flow::Sleep(_))) {
             live.last_progress = Instant::now();

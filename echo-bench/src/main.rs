@@ -14,11 +14,13 @@ mod probe;
 mod report;
 #[allow(unsafe_code)]
 mod sys;
+mod tls;
 mod udp;
 mod units;
 
 use std::io::IsTerminal;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -88,6 +90,21 @@ struct Cli {
     /// udp: datagrams in flight per socket.
     #[arg(long, default_value_t = NonZeroUsize::new(12).expect("nonzero"), value_name = "W")]
     window: NonZeroUsize,
+
+    /// Speak TLS (rustls, TLS 1.2/1.3) to the server: pingpong, bulk, churn, handshake and
+    /// probe. The certificate must verify against --tls-ca and be valid for --server-name;
+    /// otherwise every connection fails (errors, exit 1).
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+
+    /// --tls: the CA certificate(s) to trust, PEM (no system roots are used).
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+
+    /// --tls: the name the server's certificate must be valid for (a DNS name or an IP)
+    /// [default: the host of --addr].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -103,6 +120,9 @@ enum Mode {
     Bulk,
     /// Connect, one exchange, close, repeat; latency from connect to the last echoed byte.
     Churn,
+    /// --tls: new connection, full TLS handshake, one exchange, close, repeat (churn over
+    /// TLS, without session resumption); handshakes per second.
+    Handshake,
     /// One connection, one small round trip within --timeout; prints `ok` or `FAIL`, exits 0 or 1.
     /// Without --addr, if nothing listens on the default, probes the one listening port found
     /// in /proc/net/tcp{,6} (a container's own sockets) instead.
@@ -115,6 +135,7 @@ impl Mode {
             Mode::Pingpong => "pingpong",
             Mode::Bulk => "bulk",
             Mode::Churn => "churn",
+            Mode::Handshake => "handshake",
             Mode::Probe => "probe",
             Mode::Udp => "udp",
         }
@@ -147,12 +168,38 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // bad flags: a message naming the flag, exit 2
+    let addr = cli
+        .addr
+        .clone()
+        .unwrap_or_else(|| format!("127.0.0.1:{}", cli.port));
     if cli.rate.is_some() && cli.mode != Mode::Pingpong {
         usage_error(format!(
             "--rate applies to pingpong only, not {}",
             cli.mode.name()
         ));
     }
+    if cli.mode == Mode::Handshake && !cli.tls {
+        usage_error("handshake mode needs --tls (and --tls-ca)".into());
+    }
+    if cli.tls && cli.mode == Mode::Udp {
+        usage_error("--tls does not apply to udp".into());
+    }
+    let tls = match &cli.tls_ca {
+        Some(ca) if cli.tls => {
+            let name = cli
+                .server_name
+                .clone()
+                .unwrap_or_else(|| tls::default_server_name(&addr));
+            match tls::Tls::new(ca, &name) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("echo-bench: error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
     if cli.mode == Mode::Udp
         && let Some(s) = cli
             .size
@@ -164,14 +211,10 @@ fn main() -> ExitCode {
             udp::MAX_SIZE
         ));
     }
-    let addr = cli
-        .addr
-        .clone()
-        .unwrap_or_else(|| format!("127.0.0.1:{}", cli.port));
     if cli.mode == Mode::Probe {
-        return probe_main(&addr, &cli);
+        return probe_main(&addr, &cli, tls.as_ref());
     }
-    match bench(&cli, &addr) {
+    match bench(&cli, &addr, tls) {
         Ok(report) => {
             if cli.json {
                 println!("{}", report.json());
@@ -201,12 +244,12 @@ fn usage_error(msg: String) -> ! {
         .exit()
 }
 
-fn probe_main(addr: &str, cli: &Cli) -> ExitCode {
+fn probe_main(addr: &str, cli: &Cli, tls: Option<&tls::Tls>) -> ExitCode {
     let probe::Outcome {
         addr: used,
         instead_of,
         result,
-    } = probe::run(addr, cli.addr.is_none(), cli.timeout);
+    } = probe::run(addr, cli.addr.is_none(), cli.timeout, tls);
     let (note, json_note) = match &instead_of {
         Some(d) => (
             format!(" (discovered: nothing on {d})"),
@@ -236,7 +279,7 @@ fn probe_main(addr: &str, cli: &Cli) -> ExitCode {
 }
 
 /// Runs a load mode on `--threads` threads and merges what they measured.
-fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
+fn bench<'a>(cli: &'a Cli, addr: &str, tls: Option<tls::Tls>) -> Result<Report<'a>, String> {
     let target = probe::resolve(addr, Instant::now() + cli.timeout)?[0];
     let connections = cli.connections.map_or(
         match cli.mode {
@@ -296,14 +339,17 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
             size,
             deadline: start + cli.duration,
             timeout: cli.timeout,
-            reconnect: cli.mode == Mode::Churn,
+            reconnect: matches!(cli.mode, Mode::Churn | Mode::Handshake),
             rate: cli.rate.map(|r| (r, connections)),
+            tls: tls.clone(),
         })
         .collect();
     let stats = match cli.mode {
         Mode::Pingpong => run_threads(&plans, &progress, start, engine::run::<pingpong::PingPong>)?,
         Mode::Bulk => run_threads(&plans, &progress, start, engine::run::<bulk::Bulk>)?,
-        Mode::Churn => run_threads(&plans, &progress, start, engine::run::<pingpong::Churn>)?,
+        Mode::Churn | Mode::Handshake => {
+            run_threads(&plans, &progress, start, engine::run::<pingpong::Churn>)?
+        }
         Mode::Probe | Mode::Udp => unreachable!("probe and udp run on their own"),
     };
     Ok(Report {

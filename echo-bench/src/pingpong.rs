@@ -16,12 +16,12 @@
 //! way: shut down the write side and expect the server to close (EOF) with no extra bytes.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::engine::{Ctx, Flow, Plan, Session};
 use crate::pattern::{ByteStream, seed};
 use crate::report::{ErrorKind, Failure};
+use crate::tls::Conn;
 
 /// Exchanges per drive before yielding to the thread's other connections.
 const BATCH: u32 = 32;
@@ -95,8 +95,7 @@ impl Exchange {
         }
     }
 
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
-        let mut s = s;
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
         let mut done_now = 0;
         loop {
             match self.state {
@@ -107,7 +106,7 @@ impl Exchange {
                         ctx.stopping || self.schedule.as_ref().is_some_and(|s| s.next >= s.end)
                     };
                     if finished {
-                        s.shutdown(std::net::Shutdown::Write)
+                        s.shutdown_write()
                             .map_err(|e| Failure::io(&format!("conn {}: shutdown", self.id), &e))?;
                         self.state = State::Closing;
                         continue;
@@ -236,7 +235,7 @@ impl Session for PingPong {
     fn start(id: u64, attempt: u32, began: Instant, plan: &Plan) -> Self {
         PingPong(Exchange::new(id, attempt, began, plan, false))
     }
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
         self.0.drive(s, ctx)
     }
 }
@@ -248,7 +247,7 @@ impl Session for Churn {
     fn start(id: u64, attempt: u32, began: Instant, plan: &Plan) -> Self {
         Churn(Exchange::new(id, attempt, began, plan, true))
     }
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
         self.0.drive(s, ctx)
     }
 }

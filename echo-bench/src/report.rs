@@ -21,17 +21,20 @@ pub enum ErrorKind {
     Reset,
     /// No progress for `--timeout`.
     Stall,
+    /// The TLS handshake failed (certificate not trusted, wrong name…) or a bad record.
+    Tls,
     /// Any other I/O error.
     Io,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Connect,
         ErrorKind::Mismatch,
         ErrorKind::Closed,
         ErrorKind::Reset,
         ErrorKind::Stall,
+        ErrorKind::Tls,
         ErrorKind::Io,
     ];
 
@@ -42,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Closed => "closed early",
             ErrorKind::Reset => "reset",
             ErrorKind::Stall => "stall",
+            ErrorKind::Tls => "tls",
             ErrorKind::Io => "i/o",
         }
     }
@@ -53,6 +57,8 @@ impl ErrorKind {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe => ErrorKind::Reset,
             io::ErrorKind::UnexpectedEof => ErrorKind::Closed,
+            // Only the TLS layer reports bad data (crate::tls).
+            io::ErrorKind::InvalidData => ErrorKind::Tls,
             _ => ErrorKind::Io,
         }
     }
@@ -327,6 +333,15 @@ impl Report<'_> {
             self.stats.round_trips,
             self.stats.round_trips as f64 / self.secs(),
         );
+        if self.mode == "handshake" {
+            // One full handshake per completed exchange.
+            let _ = write!(
+                j,
+                "\"handshakes\":{},\"handshakes_per_sec\":{:.1},",
+                self.stats.round_trips,
+                self.stats.round_trips as f64 / self.secs(),
+            );
+        }
         if let (Some((rate, _)), Some(share)) = (self.rate, self.kept_up()) {
             let _ = write!(
                 j,
@@ -364,6 +379,14 @@ impl Report<'_> {
             self.threads,
             if self.threads == 1 { "" } else { "s" }
         );
+        if self.mode == "handshake" {
+            let _ = writeln!(
+                t,
+                "handshakes      {} ({:.1}/s; each a new connection, a full TLS handshake and one exchange)",
+                s.round_trips,
+                s.round_trips as f64 / self.secs()
+            );
+        }
         if let Some(w) = self.window {
             let _ = writeln!(t, "window          {w} datagrams in flight per socket");
         }

@@ -610,7 +610,7 @@ impl UdpEcho {
                 };
                 n += 1;
                 match fault {
-                    UdpFault::DropEvery50 if n % 50 == 0 => continue,
+                    UdpFault::DropEvery50 if n.is_multiple_of(50) => continue,
                     UdpFault::FlipOne if n == 100 => buf[20] ^= 1,
                     _ => {}
                 }
@@ -704,4 +704,267 @@ fn udp_corrupted_reply_is_an_error_and_a_dropped_one_is_lost() {
     let o = bench(&["udp", "--addr", &closed, "--size", "4"]);
     assert_eq!(o.code, Some(2), "{}", o.stderr);
     assert!(o.stderr.contains("--size 4"), "{}", o.stderr);
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, plus a second,
+/// unrelated CA, made with the openssl command in a temporary directory (removed on drop).
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("echo-bench-tls-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let ca = |name: &str| {
+            let mut a = vec!["req", "-x509"];
+            a.extend(ec);
+            a.extend(["-days", "2", "-subj"]);
+            a.push(if name == "ca" {
+                "/CN=echo-test-ca"
+            } else {
+                "/CN=other-ca"
+            });
+            a
+        };
+        let steps: Vec<Vec<String>> = vec![
+            [ca("ca"), vec!["-keyout", "ca.key", "-out", "ca.pem"]].concat(),
+            [
+                ca("other"),
+                vec!["-keyout", "other.key", "-out", "other.pem"],
+            ]
+            .concat(),
+            [
+                vec!["req"],
+                ec.to_vec(),
+                vec![
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "srv.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "srv.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+                "-out",
+                "cert.pem",
+            ],
+        ]
+        .into_iter()
+        .map(|v| v.into_iter().map(String::from).collect())
+        .collect();
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(&dir)
+                .output()
+                .expect("run openssl (install the openssl package)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A blocking rustls echo server on 127.0.0.1 (thread per connection) with `certs`'s
+/// server certificate; answers the client's close_notify with its own.
+fn tls_echo(certs: &Certs) -> String {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(certs.path("cert.pem"))
+        .expect("cert.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("parse cert.pem");
+    let key = PrivateKeyDer::from_pem_file(certs.path("key.pem")).expect("key.pem");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { continue };
+            let config = config.clone();
+            thread::spawn(move || {
+                let _ = sock.set_read_timeout(Some(RUN_LIMIT));
+                let conn = rustls::ServerConnection::new(config).expect("server connection");
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match tls.read(&mut buf) {
+                        Ok(0) => {
+                            tls.conn.send_close_notify();
+                            let _ = tls.flush();
+                            return;
+                        }
+                        Ok(n) => {
+                            if tls.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn tls_pingpong_bulk_handshake_and_probe_are_clean() {
+    let certs = Certs::make();
+    let addr = tls_echo(&certs);
+    let ca = certs.path("ca.pem");
+    let tls = ["--tls", "--tls-ca", ca.as_str()];
+    assert_clean(
+        "pingpong",
+        &addr,
+        &[&tls[..], &["--connections", "4"]].concat(),
+    );
+    assert_clean("bulk", &addr, &tls);
+    // The host of --addr (127.0.0.1) is the default name; the certificate's DNS name works too.
+    assert_clean(
+        "handshake",
+        &addr,
+        &[
+            &tls[..],
+            &["--connections", "2", "--server-name", "localhost"],
+        ]
+        .concat(),
+    );
+    let o = bench(
+        &[
+            &[
+                "handshake",
+                "--addr",
+                &addr,
+                "--duration",
+                "300ms",
+                "--json",
+            ],
+            &tls[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert!(o.field("handshakes") > 0, "{}", o.stdout);
+    assert_eq!(
+        o.field("handshakes"),
+        o.field("round_trips"),
+        "{}",
+        o.stdout
+    );
+    let o = bench(&[&["probe", "--addr", &addr][..], &tls].concat());
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.starts_with(&format!("ok {addr} ")), "{}", o.stdout);
+}
+
+#[test]
+fn tls_wrong_name_or_untrusted_ca_fails() {
+    let certs = Certs::make();
+    let addr = tls_echo(&certs);
+    let ca = certs.path("ca.pem");
+    let other = certs.path("other.pem");
+    for (ca, name, why) in [
+        (
+            ca.as_str(),
+            "wrong.example",
+            "not valid for name \"wrong.example\"",
+        ),
+        (other.as_str(), "localhost", "UnknownIssuer"),
+    ] {
+        let tls = ["--tls", "--tls-ca", ca, "--server-name", name];
+        let o = assert_errors(
+            "pingpong",
+            &addr,
+            &[&tls[..], &["--connections", "3"]].concat(),
+        );
+        assert!(
+            o.stdout.contains("\n  tls           3 (first: "),
+            "{}",
+            o.stdout
+        );
+        assert!(o.stdout.contains(why), "{}", o.stdout);
+        assert!(o.stdout.contains("\nround trips     0 "), "{}", o.stdout);
+        let o = assert_errors("handshake", &addr, &[&tls[..], &["--json"]].concat());
+        assert!(o.field("errors") > 0, "{}", o.stdout);
+        assert_eq!(o.field("handshakes"), 0, "{}", o.stdout);
+        let o = assert_errors("bulk", &addr, &tls);
+        assert!(o.stdout.contains("\n  tls "), "{}", o.stdout);
+        let o = assert_errors("probe", &addr, &tls);
+        assert!(
+            o.stdout.starts_with("FAIL ") && o.stdout.contains(why),
+            "{}",
+            o.stdout
+        );
+    }
+    // A CA file that is not one, and handshake without --tls: usage errors, exit 2.
+    let o = bench(&[
+        "pingpong",
+        "--addr",
+        &addr,
+        "--tls",
+        "--tls-ca",
+        &certs.path("ext"),
+    ]);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("--tls-ca ") && o.stderr.contains("ext"),
+        "{}",
+        o.stderr
+    );
+    let o = bench(&["handshake", "--addr", &addr]);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
 }
