@@ -45,7 +45,8 @@ check-image: static
 docker:
 	$(DOCKER) build -t $(IMAGE) .
 
-## Benchmarks (not tests): server pinned to CPU 0, load to CPU 1, references in the same run.
+## Benchmarks (not tests): the matrix of bench/README.md, server on CPU 0, load on CPU 1, references
+## in the same run, loopback and a veth path (root). Quick: make bench BENCH_ARGS="--quick --paths loopback".
 bench:
 	$(CARGO) build --release --locked --workspace
 	python3 bench/run.py $(BENCH_ARGS)
