@@ -1,9 +1,12 @@
-//! echo-bench: a load generator for TCP echo servers that checks every byte it gets back.
+//! echo-bench: a load generator for TCP, TLS and UDP echo servers that checks every byte it
+//! gets back.
 //!
-//! Modes (modules): [`pingpong`] (many connections, one exchange in flight each; also churn:
-//! a new connection per exchange), [`bulk`] (a continuous stream each way), [`probe`] (one
-//! round trip, for health checks). [`engine`] is the per-thread epoll loop the first three
-//! share, [`pattern`] the byte stream they send and verify, [`report`] the numbers and output.
+//! Modes (modules): [`pingpong`] (many connections, one exchange in flight each, closed or
+//! open loop; also churn and handshake: a new connection per exchange), [`bulk`] (a
+//! continuous stream each way), [`udp`] (a window of datagrams per socket), [`probe`] (one
+//! round trip, for health checks). [`engine`] is the per-thread epoll loop the TCP modes
+//! share, [`tls`] the optional rustls layer under them, [`pattern`] the byte stream they send
+//! and verify, [`report`] the numbers and output, [`sys`] the few libc calls.
 #![deny(unsafe_code)]
 
 mod bulk;
@@ -30,7 +33,7 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use crate::engine::Plan;
 use crate::report::{Progress, Report, Stats};
 
-/// Load generator for TCP echo servers that tells the truth: every echoed byte is compared
+/// Load generator for TCP (plain or TLS) and UDP echo servers that tells the truth: every echoed byte is compared
 /// with the byte sent, and any mismatch, early close, reset, failed connect or stall is
 /// counted as an error and makes the exit status 1.
 #[derive(Parser, Debug)]
@@ -112,9 +115,6 @@ enum Mode {
     /// Each connection sends --size bytes, waits for all of them back, repeats; latency per
     /// exchange. Closed loop, or open loop with --rate.
     Pingpong,
-    /// --connections UDP sockets, each keeping --window datagrams of --size bytes in flight;
-    /// every reply checked, unanswered ones lost after --timeout.
-    Udp,
     /// Each connection streams pseudo-random bytes while reading the echo; throughput, and
     /// each --size chunk's turnaround (mostly socket-buffer queueing, not a latency).
     Bulk,
@@ -123,9 +123,13 @@ enum Mode {
     /// --tls: new connection, full TLS handshake, one exchange, close, repeat (churn over
     /// TLS, without session resumption); handshakes per second.
     Handshake,
+    /// --connections UDP sockets, each keeping --window datagrams of --size bytes in flight;
+    /// every reply checked, unanswered ones lost after --timeout.
+    Udp,
     /// One connection, one small round trip within --timeout; prints `ok` or `FAIL`, exits 0 or 1.
     /// Without --addr, if nothing listens on the default, probes the one listening port found
-    /// in /proc/net/tcp{,6} (a container's own sockets) instead.
+    /// in /proc/net/tcp{,6} (a container's own sockets) instead. With --tls, over TLS
+    /// (handshake included).
     Probe,
 }
 
