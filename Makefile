@@ -9,7 +9,7 @@ DOCKER ?= docker
 .PHONY: build run test lint fmt clean static check-static check-image docker bench
 
 build:
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --workspace
 
 ## Start the server on $(PORT) (override: make run PORT=9000 ARGS="--maxListeners 4").
 run:
@@ -17,11 +17,11 @@ run:
 
 ## Lint, then every test (unit, integration against the real binary, echo-bench smoke).
 test: lint
-	$(CARGO) test --locked
+	$(CARGO) test --locked --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -31,7 +31,7 @@ clean:
 
 ## A statically linked (glibc, crt-static) build, as the Docker image ships it.
 static:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(STATIC_TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --workspace --target $(STATIC_TARGET)
 
 ## Runs the static binary alone in an empty root (chroot), as in FROM scratch.
 check-static: static
@@ -45,7 +45,8 @@ check-image: static
 docker:
 	$(DOCKER) build -t $(IMAGE) .
 
-## Benchmarks (not tests): server pinned to CPU 0, load to CPU 1, references in the same run.
+## Benchmarks (not tests): the matrix of bench/README.md, server on CPU 0, load on CPU 1, references
+## in the same run, loopback and a veth path (root). Quick: make bench BENCH_ARGS="--quick --paths loopback".
 bench:
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --workspace
 	python3 bench/run.py $(BENCH_ARGS)

@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""Server-side cost per unit of work: epoll-echo against two reference servers, same run.
+"""The benchmark matrix: epoll-echo against reference echo servers, same run, two paths.
 
-Every server runs alone on one CPU (taskset -c 0); the load (echo-bench, or this script for
-the idle scenario) runs on another (taskset -c 1). For each scenario the server's own CPU time
-(utime+stime from /proc/PID/stat), its syscalls (perf stat, in a separate run so tracing does
-not inflate the CPU figures) and its RSS are divided by the work done. Median of N runs, the
-servers interleaved within each run. Python 3 standard library only; see bench/README.md.
+Sections (--sections): bulk1, bulk4, pingpong, openloop, churn, fairness, idle (plain TCP,
+against tokio-echo, segment-echo.c and limit-echo.c), tls-bulk, tls-handshake, tls-pingpong
+(against tokio-rustls-echo), udp (against udp-echo.c), and pingpong500 on request. Paths
+(--paths): loopback, and veth (a 1500-byte-MTU veth pair to a network namespace this script
+creates and removes; needs root).
 
-usage: python3 bench/run.py [--quick] [--only pingpong50,bulk,...] [--server-args="..."]
-                            [--bin-dir DIR] [--json FILE]
+Every server runs alone, pinned (taskset -c 0); the load (echo-bench, or this script for the
+idle section) runs on another CPU (taskset -c 1). The server's own CPU time (utime+stime from
+/proc/PID/stat), its syscalls (perf stat, in a separate run so tracing does not inflate the
+CPU figures) and its RSS are divided by the work done. Median and min-max of N interleaved
+runs (A B C A B C ...). Python 3 standard library only; see bench/README.md.
+
+usage: python3 bench/run.py [--quick] [--sections bulk1,pingpong,...] [--paths loopback,veth]
+                            [--runs N] [--duration S] [--server-args="..."] [--json FILE]
 """
 
 import argparse
@@ -31,34 +37,78 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = REPO / "bench-peers"
+PEER_BIN = REPO / "target" / "bench-peers"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-SCENARIOS = ["pingpong50", "pingpong500", "bulk", "churn", "fairness", "idle"]
-ALIASES = {"a": "pingpong50", "b": "pingpong500", "c": "bulk", "d": "churn", "e": "fairness",
-           "f": "idle", "pingpong": "pingpong50", "pp50": "pingpong50", "pp500": "pingpong500"}
-SERVERS = ["epoll-echo", "tokio", "floor"]
+# The veth path: the servers live in this namespace behind a veth pair; the load stays in the
+# root namespace. Addresses from 198.18.0.0/15 (benchmarking range).
+NETNS = "ee-bench-srv"
+VETH_HOST, VETH_NS = "ee-bench-h", "ee-bench-s"
+SRV_IP, LOAD_IP = "198.18.0.1", "198.18.0.2"
 
-# Table rows: (scenario, metric key, label, digits). Lower is better except where noted.
+# section -> (group, mode, connections, size, workers)
+SECTIONS = {
+    "bulk1": ("tcp", "bulk", 1, 65536, 1),
+    "bulk4": ("tcp", "bulk", 4, 65536, 2),
+    "pingpong": ("tcp", "pingpong", 50, 64, 1),
+    "pingpong500": ("tcp", "pingpong", 500, 64, 1),
+    "openloop": ("tcp", "pingpong", 50, 64, 1),
+    "churn": ("tcp", "churn", 4, 64, 1),
+    "fairness": ("tcp", None, 50, 64, 1),
+    "idle": ("tcp", None, 0, 0, 1),
+    "tls-bulk": ("tls", "bulk", 1, 65536, 1),
+    "tls-handshake": ("tls", "handshake", 4, 64, 1),
+    "tls-pingpong": ("tls", "pingpong", 50, 64, 1),
+    "udp": ("udp", "udp", 16, 64, 1),
+}
+DEFAULT_SECTIONS = [s for s in SECTIONS if s != "pingpong500"]
+ALIASES = {"bulk": "bulk1", "pingpong50": "pingpong", "pp": "pingpong", "open": "openloop",
+           "tls": "tls-bulk,tls-handshake,tls-pingpong"}
+PATHS = ["loopback", "veth"]
+# Servers per group; the first is ours, the rest are references. Ratio columns: ours / these.
+GROUPS = {
+    "tcp": (["epoll-echo", "tokio", "segment", "floor"], ["tokio", "segment"]),
+    "tls": (["epoll-echo", "tokio-rustls"], ["tokio-rustls"]),
+    "udp": (["epoll-echo", "udp-echo"], ["udp-echo"]),
+}
+GROUP_TITLES = {"tcp": "plain TCP", "tls": "TLS (rustls, ring; same certificate)",
+                "udp": "UDP, 16 sockets × 12 datagrams of 64 B in flight"}
+
+# Table rows: (section, metric key, label, digits). Lower is better except where noted.
 ROWS = [
-    ("pingpong50", "cpu_us_per_rt", "pingpong 50×64B: CPU µs/round trip", 2),
-    ("pingpong50", "syscalls_per_rt", "pingpong 50×64B: syscalls/round trip", 2),
-    ("pingpong50", "rt_per_s", "pingpong 50×64B: round trips/s (higher is better)", 0),
-    ("pingpong50", "server_cpu_util", "pingpong 50×64B: server CPU busy %", 0),
-    ("pingpong50", "p99_us", "pingpong 50×64B: p99 µs (alone, for the fairness row)", 0),
+    ("bulk1", "gb_per_s", "bulk 1 stream: GB/s (higher is better)", 2),
+    ("bulk1", "cpu_s_per_gb", "bulk 1 stream: server CPU s/GB", 3),
+    ("bulk1", "syscalls_per_mb", "bulk 1 stream: syscalls/MB", 1),
+    ("bulk4", "gb_per_s", "bulk 4 streams, 2 workers: GB/s (higher is better)", 2),
+    ("bulk4", "cpu_s_per_gb", "bulk 4 streams, 2 workers: server CPU s/GB", 3),
+    ("pingpong", "cpu_us_per_rt", "pingpong 50×64B: CPU µs/round trip", 2),
+    ("pingpong", "syscalls_per_rt", "pingpong 50×64B: syscalls/round trip", 2),
+    ("pingpong", "rt_per_s", "pingpong 50×64B: round trips/s (higher is better)", 0),
+    ("pingpong", "p99_us", "pingpong 50×64B: p99 µs (closed loop)", 0),
     ("pingpong500", "cpu_us_per_rt", "pingpong 500×64B: CPU µs/round trip", 2),
-    ("pingpong500", "syscalls_per_rt", "pingpong 500×64B: syscalls/round trip", 2),
     ("pingpong500", "rt_per_s", "pingpong 500×64B: round trips/s (higher is better)", 0),
-    ("bulk", "cpu_s_per_gb", "bulk 1 conn: CPU s/GB", 3),
-    ("bulk", "syscalls_per_mb", "bulk 1 conn: syscalls/MB", 1),
-    ("bulk", "gb_per_s", "bulk 1 conn: GB/s (higher is better)", 2),
-    ("churn", "cpu_us_per_conn", "churn: CPU µs/conn", 1),
-    ("churn", "syscalls_per_conn", "churn: syscalls/conn", 1),
-    ("fairness", "p99_us", "fairness: pingpong p99 µs with a bulk stream", 0),
-    ("fairness", "max_us", "fairness: pingpong max µs with a bulk stream", 0),
-    ("idle", "rss_per_conn", "idle 10k: RSS bytes/conn", 0),
-    ("idle", "rss_per_conn_touched", "idle 10k after one echo each: RSS bytes/conn", 0),
-    ("idle", "idle_cpu_ms_per_s", "idle 10k: server CPU ms per second while idle", 0),
+    ("openloop", "p99_us", "open loop 50×64B at RATE/s: p99 µs", 0),
+    ("openloop", "p999_us", "open loop 50×64B at RATE/s: p99.9 µs", 0),
+    ("openloop", "cpu_us_per_rt", "open loop 50×64B at RATE/s: CPU µs/round trip", 2),
+    ("openloop", "achieved_pct", "open loop 50×64B at RATE/s: % of the rate achieved", 0),
+    ("churn", "cpu_us_per_conn", "churn: CPU µs/connection", 1),
+    ("churn", "syscalls_per_conn", "churn: syscalls/connection", 1),
+    ("fairness", "p99_us", "fairness: pingpong p99 µs beside a bulk stream", 0),
+    ("fairness", "max_us", "fairness: pingpong max µs beside a bulk stream", 0),
+    ("idle", "rss_per_conn", "idle IDLE: RSS bytes/connection", 0),
+    ("idle", "rss_per_conn_touched", "idle IDLE after one echo each: RSS bytes/connection", 0),
+    ("idle", "idle_cpu_ms_per_s", "idle IDLE: server CPU ms/s while idle", 1),
+    ("tls-bulk", "gb_per_s", "TLS bulk 1 stream: GB/s (higher is better)", 2),
+    ("tls-bulk", "cpu_s_per_gb", "TLS bulk 1 stream: server CPU s/GB", 3),
+    ("tls-handshake", "hs_per_s", "TLS handshakes/s (higher is better)", 0),
+    ("tls-handshake", "cpu_us_per_hs", "TLS handshake: server CPU µs/handshake", 0),
+    ("tls-pingpong", "cpu_us_per_rt", "TLS pingpong 50×64B: CPU µs/round trip", 2),
+    ("tls-pingpong", "rt_per_s", "TLS pingpong 50×64B: round trips/s (higher is better)", 0),
+    ("udp", "dgram_per_s", "UDP: datagrams/s (higher is better)", 0),
+    ("udp", "cpu_us_per_dgram", "UDP: server CPU µs/datagram", 3),
+    ("udp", "syscalls_per_dgram", "UDP: syscalls/datagram", 2),
+    ("udp", "lost", "UDP: datagrams lost", 0),
 ]
 
 
@@ -189,19 +239,6 @@ def free_port():
     raise RuntimeError("no free port")
 
 
-def wait_ready(port, proc, deadline_s=10.0):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before accepting")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not accepting on port {port} after {deadline_s}s")
-            time.sleep(0.02)
-
 
 # --------------------------------------------------------------------------- perf
 
@@ -265,21 +302,116 @@ class PerfSyscalls:
         return False
 
 
+
+
+# --------------------------------------------------------------------------- paths (netns)
+
+class NetPath:
+    """Where the servers listen and how to start a process there."""
+
+    def __init__(self, name, host, prefix):
+        self.name, self.host, self.prefix = name, host, prefix
+
+
+def ip(*args, check=True):
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+_veth_up = False
+
+
+def veth_down():
+    """Removes the namespace and the veth pair (either end removes both); safe to repeat."""
+    global _veth_up
+    ip("link", "del", VETH_HOST, check=False)
+    ip("netns", "del", NETNS, check=False)
+    _veth_up = False
+
+
+def veth_up():
+    """Server namespace NETNS with SRV_IP/30 on a veth at MTU 1500; LOAD_IP/30 on our end."""
+    global _veth_up
+    if os.geteuid() != 0:
+        raise RuntimeError("the veth path needs root (ip netns, ip link)")
+    if not shutil.which("ip"):
+        raise RuntimeError("the veth path needs iproute2's ip")
+    veth_down()  # leftovers of an interrupted run
+    _veth_up = True  # from here on, cleanup must remove whatever exists
+    ip("netns", "add", NETNS)
+    ip("link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS)
+    ip("link", "set", VETH_NS, "netns", NETNS)
+    ip("addr", "add", f"{LOAD_IP}/30", "dev", VETH_HOST)
+    ip("link", "set", VETH_HOST, "mtu", "1500", "up")
+    ip("-n", NETNS, "addr", "add", f"{SRV_IP}/30", "dev", VETH_NS)
+    ip("-n", NETNS, "link", "set", VETH_NS, "mtu", "1500", "up")
+    ip("-n", NETNS, "link", "set", "lo", "up")
+
+
+def make_path(name):
+    if name == "loopback":
+        return NetPath("loopback", "127.0.0.1", [])
+    veth_up()
+    # `ip netns exec` switches namespace and execs: the PID is the server's own.
+    return NetPath("veth", SRV_IP, ["ip", "netns", "exec", NETNS])
+
+
 # --------------------------------------------------------------------------- servers
 
-class Server:
-    def __init__(self, name, argv_fn, ignore_sigpipe=False):
-        self.name, self.argv_fn, self.ignore_sigpipe = name, argv_fn, ignore_sigpipe
+def wait_ready_udp(host, port, proc, deadline_s=10.0):
+    deadline = time.monotonic() + deadline_s
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        s.connect((host, port))
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before answering")
+            try:
+                s.send(b"ready?")
+                if s.recv(64) == b"ready?":
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no UDP echo from {host}:{port} after {deadline_s}s")
 
-    def start(self, cpu, logdir):
+
+def wait_ready(host, port, proc, deadline_s=10.0):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before accepting")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not accepting on {host}:{port} after {deadline_s}s")
+            time.sleep(0.02)
+
+
+class Server:
+    """argv_fn(port, host, workers) -> argv; udp: readiness by a datagram."""
+
+    def __init__(self, name, argv_fn, ignore_sigpipe=False, udp=False):
+        self.name, self.argv_fn = name, argv_fn
+        self.ignore_sigpipe, self.udp = ignore_sigpipe, udp
+
+    def start(self, ctx, path, workers=1):
         port = free_port()
-        logf = open(Path(logdir) / f"{self.name}-{port}.log", "w+")
+        logf = open(Path(ctx.logdir) / f"{self.name}-{port}.log", "w+")
         # restore_signals=False: the child inherits this interpreter's SIG_IGN for SIGPIPE.
-        proc = spawn(self.argv_fn(port), cpu, stdout=logf, stderr=subprocess.STDOUT,
+        proc = spawn([*path.prefix, *self.argv_fn(port, path.host, workers)],
+                     ctx.args.server_cpu, stdout=logf, stderr=subprocess.STDOUT,
                      restore_signals=not self.ignore_sigpipe)
         proc.port, proc.logf = port, logf
         try:
-            wait_ready(port, proc)
+            if self.udp:
+                wait_ready_udp(path.host, port, proc)
+            else:
+                wait_ready(path.host, port, proc)
         except RuntimeError as e:
             notes = {}
             self.stop(proc, notes)
@@ -305,49 +437,120 @@ class Server:
         return died
 
 
-def make_servers(args):
-    bindir = Path(args.bin_dir)
-    ours = bindir / "epoll-echo"
+def server_help(path):
+    try:
+        r = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=10)
+        return r.stdout + r.stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def make_servers(args, certs):
+    """{group: {name: Server}} and {group or server: why it is skipped}."""
+    ours = Path(args.bin_dir) / "epoll-echo"
     extra = shlex.split(args.server_args or "")
-    servers = {
-        "epoll-echo": Server("epoll-echo", lambda p: [str(ours), "--port", str(p), "--host",
-                                                       "127.0.0.1", "--maxListeners", "1", "-q",
-                                                       *extra]),
-        "tokio": Server("tokio", lambda p: [str(args.tokio_bin), str(p), "--threads", "1"]),
+    helptext = server_help(ours)
+
+
+    skip = {}
+    tcp = {
+        "epoll-echo": Server("epoll-echo", lambda p, h, w: [
+            str(ours), "--port", str(p), "--host", h, "--maxListeners", str(w), "-q", *extra]),
+        "tokio": Server("tokio", lambda p, h, w: [str(args.tokio_bin), str(p), "--threads",
+                                                   str(w)]),
+        # 0: the largest multiple of the path's TCP_MAXSEG that fits 64 KiB.
+        "segment": Server("segment", lambda p, h, w: [str(PEER_BIN / "segment-echo"), str(p),
+                                                       str(w), "0", h], ignore_sigpipe=True),
         # limit-echo.c neither ignores SIGPIPE nor uses MSG_NOSIGNAL: a client closing with
-        # echo in flight would kill it. Rust programs ignore SIGPIPE at startup; give the
-        # floor the same (an inherited SIG_IGN) rather than edit the reference source.
-        "floor": Server("floor", lambda p: [str(args.floor_bin), str(p)], ignore_sigpipe=True),
+        # echo in flight would kill it. Rust programs ignore SIGPIPE at startup; give the C
+        # floors the same (an inherited SIG_IGN) rather than edit the reference sources.
+        "floor": Server("floor", lambda p, h, w: [str(PEER_BIN / "limit-echo"), str(p)],
+                        ignore_sigpipe=True),
     }
-    return servers
+    tls, udp = {}, {}
+    if "--tls-port" not in helptext:
+        skip["tls"] = "skipped: server has no --tls-port"
+    elif certs is None:
+        skip["tls"] = "skipped: no certificate (openssl failed or missing)"
+    else:
+        cert, key = str(certs / "cert.pem"), str(certs / "key.pem")
+        # --port serves plain TCP beside the TLS listener; the load uses the TLS port.
+        tls["epoll-echo"] = Server("epoll-echo", lambda p, h, w: [
+            str(ours), "--port", str(free_port()), "--host", h, "--maxListeners", str(w), "-q",
+            "--tls-port", str(p), "--tls-cert", cert, "--tls-key", key, *extra])
+        tls["tokio-rustls"] = Server("tokio-rustls", lambda p, h, w: [
+            str(args.tokio_rustls_bin), str(p), cert, key, "--threads", str(w), "--host", h])
+    if "--udp-port" not in helptext:
+        skip["udp"] = "skipped: server has no --udp-port"
+    else:
+        udp["epoll-echo"] = Server("epoll-echo", lambda p, h, w: [
+            str(ours), "--port", str(free_port()), "--host", h, "--maxListeners", str(w), "-q",
+            "--udp-port", str(p), *extra], udp=True)
+        udp["udp-echo"] = Server("udp-echo", lambda p, h, w: [str(PEER_BIN / "udp-echo"),
+                                                             str(p), h], udp=True)
+    return {"tcp": tcp, "tls": tls, "udp": udp}, skip
 
 
-def build_peers(args):
-    """Build the reference servers if missing or stale (the Makefile builds ours)."""
+def build_peers(args, want_tls):
+    """Builds the reference servers if missing or stale; {name: problem}."""
     problems = {}
-    floor = Path(args.floor_bin)
-    src = PEERS / "limit-echo.c"
-    if not args.no_build and (not floor.exists() or floor.stat().st_mtime < src.stat().st_mtime):
-        floor.parent.mkdir(parents=True, exist_ok=True)
-        log(f"building {floor}")
-        r = subprocess.run(["cc", "-O2", "-o", str(floor), str(src)])
-        if r.returncode != 0:
-            problems["floor"] = "cc failed"
-    if not args.no_build and Path(args.tokio_bin) == default_tokio_bin():
-        log("building bench-peers/tokio-echo (cargo build --release)")
-        r = subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
-                            str(PEERS / "tokio-echo" / "Cargo.toml")])
-        if r.returncode != 0:
-            problems["tokio"] = "cargo build failed"
-    for name, path in (("floor", floor), ("tokio", Path(args.tokio_bin)),
-                       ("epoll-echo", Path(args.bin_dir) / "epoll-echo")):
-        if name not in problems and not os.access(path, os.X_OK):
-            problems[name] = f"missing {path}"
+    PEER_BIN.mkdir(parents=True, exist_ok=True)
+    for name, src, flags in (("floor", "limit-echo.c", []), ("segment", "segment-echo.c",
+                                                            ["-pthread"]),
+                             ("udp-echo", "udp-echo.c", [])):
+        out = PEER_BIN / Path(src).stem
+        if args.no_build or (out.exists() and out.stat().st_mtime >= (PEERS / src).stat().st_mtime):
+            continue
+        log(f"building {out}")
+        if subprocess.run(["gcc", "-O2", *flags, "-o", str(out), str(PEERS / src)]).returncode:
+            problems[name] = "gcc failed"
+    crates = [("tokio", "tokio-echo", args.tokio_bin, default_bin("tokio-echo"))]
+    if want_tls:
+        crates.append(("tokio-rustls", "tokio-rustls-echo", args.tokio_rustls_bin,
+                       default_bin("tokio-rustls-echo")))
+    for name, crate, binary, default in crates:
+        if not args.no_build and Path(binary) == default:
+            log(f"building bench-peers/{crate} (cargo build --release)")
+            r = subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                                str(PEERS / crate / "Cargo.toml")])
+            if r.returncode != 0:
+                problems[name] = "cargo build failed"
+    for name, binary in (("floor", PEER_BIN / "limit-echo"), ("segment", PEER_BIN / "segment-echo"),
+                         ("udp-echo", PEER_BIN / "udp-echo"), ("tokio", Path(args.tokio_bin)),
+                         ("tokio-rustls", Path(args.tokio_rustls_bin)),
+                         ("epoll-echo", Path(args.bin_dir) / "epoll-echo")):
+        if name not in problems and not os.access(binary, os.X_OK):
+            problems[name] = f"missing {binary}"
     return problems
 
 
-def default_tokio_bin():
-    return PEERS / "tokio-echo" / "target" / "release" / "tokio-echo"
+def default_bin(crate):
+    return PEERS / crate / "target" / "release" / crate
+
+
+def make_certs(dirname):
+    """A CA and a server certificate (localhost, 127.0.0.1, SRV_IP) signed by it, or None."""
+    d = Path(dirname)
+    (d / "ext").write_text(f"subjectAltName=DNS:localhost,IP:127.0.0.1,IP:{SRV_IP}\n"
+                           "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                           "extendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    steps = [["req", "-x509", *ec, "-days", "2", "-subj", "/CN=bench-ca", "-keyout", "ca.key",
+              "-out", "ca.pem"],
+             ["req", *ec, "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "srv.csr"],
+             ["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+              "-CAcreateserial", "-days", "2", "-extfile", "ext", "-out", "cert.pem"]]
+    for s in steps:
+        try:
+            r = subprocess.run(["openssl", *s], cwd=d, capture_output=True, text=True)
+        except OSError as e:
+            log(f"TLS sections: openssl: {e}")
+            return None
+        if r.returncode != 0:
+            log(f"TLS sections: openssl {s[0]}: {r.stderr.strip()[:200]}")
+            return None
+    os.chmod(d / "key.pem", 0o644)  # a server dropping privileges must still read it
+    return d
 
 
 # --------------------------------------------------------------------------- load
@@ -368,11 +571,9 @@ class Load:
                 self.help[mode] = ""
         return flag in self.help[mode]
 
-    def argv(self, mode, port, conns, size, duration, extra=()):
-        a = [self.path, mode, "--addr", f"127.0.0.1:{port}", "--connections", str(conns),
-             "--size", str(size), "--duration", fmt_duration(duration)]
-        if self.supports(mode, "--threads"):
-            a += ["--threads", "1"]
+    def argv(self, mode, host, port, conns, size, duration, extra=()):
+        a = [self.path, mode, "--addr", f"{host}:{port}", "--connections", str(conns),
+             "--size", str(size), "--duration", fmt_duration(duration), "--threads", "1"]
         return a + list(extra) + ["--json"]
 
     def start(self, argv, cpu, nice=0):
@@ -414,14 +615,7 @@ def finish_load(proc, timeout):
     return res
 
 
-def first_key(d, *keys, default=None):
-    for k in keys:
-        if k in d and d[k] is not None:
-            return d[k]
-    return default
-
-
-# --------------------------------------------------------------------------- scenarios
+# --------------------------------------------------------------------------- sections
 
 class Failed(Exception):
     """A failed measurement; raw keeps whatever was measured, for the --json file."""
@@ -440,21 +634,24 @@ def check_errors(res, raw, what="load"):
         raise Failed(f"{what} errors={e}{done}" + (f" ({why})" if why else ""), raw)
 
 
-def run_load_scenario(ctx, srv, scen, perf, duration):
-    """One run of pingpong50/pingpong500/bulk/churn. Returns raw numbers."""
-    mode, conns, size = {
-        "pingpong50": ("pingpong", 50, 64),
-        "pingpong500": ("pingpong", 500, 64),
-        "bulk": ("bulk", 1, 65536),
-        "churn": ("churn", 4, 64),
-    }[scen]
-    proc = srv.start(ctx.args.server_cpu, ctx.logdir)
+def load_extra(ctx, section):
+    group = SECTIONS[section][0]
+    if group == "tls":
+        return ["--tls", "--tls-ca", str(ctx.certs / "ca.pem"), "--server-name", "localhost"]
+    if group == "udp":
+        return ["--window", "12", "--timeout", "1s"]
+    if section == "openloop":
+        return ["--rate", str(ctx.args.open_rate)]
+    return []
+
+
+def run_load(ctx, srv, path, section, perf, duration):
+    """One run of a section that echo-bench drives alone. Returns raw numbers."""
+    group, mode, conns, size, workers = SECTIONS[section]
+    proc = srv.start(ctx, path, workers)
     try:
-        extra = []
-        if scen == "bulk" and ctx.load.supports("bulk", "--bytes") and not perf:
-            extra = ["--bytes", str(int(ctx.bulk_bytes))]
-            duration = max(duration, 30)  # a cap; --bytes ends it
-        argv = ctx.load.argv(mode, proc.port, conns, size, duration, extra)
+        argv = ctx.load.argv(mode, path.host, proc.port, conns, size, duration,
+                             load_extra(ctx, section))
         raw = {}
         perf_cm = PerfSyscalls(proc.pid, ctx.args.load_cpu) if perf else None
         if perf_cm:
@@ -473,54 +670,69 @@ def run_load_scenario(ctx, srv, scen, perf, duration):
         dur = float(res.get("duration_s") or duration)
         raw.update(cpu_s=cpu, wall_s=t1 - t0, load=res)
         check_errors(res, raw)
-        if scen.startswith("pingpong"):
+        count = perf_cm.count if perf_cm else None
+        if perf and count is None:
+            raw["perf_note"] = "perf gave no count"
+
+        def per(n, key, scale=1.0):
+            if perf and count is not None:
+                raw[key] = count / n * scale
+
+        if mode == "pingpong":
             rts = res["round_trips"]
             if not rts:
                 raise Failed("no round trips")
             raw.update(cpu_us_per_rt=cpu * 1e6 / rts, rt_per_s=res["round_trips_per_sec"],
-                       server_cpu_util=100 * cpu / dur, p99_us=res["latency_us"]["p99"])
-            if perf:
-                raw["syscalls_per_rt"] = perf_cm.count / rts if perf_cm.count is not None else None
-        elif scen == "bulk":
-            nbytes = first_key(res, "bytes", "bytes_echoed", "bytes_received")
-            if nbytes is None:
-                nbytes = res["bytes_per_sec"] * dur
+                       server_cpu_util=100 * cpu / dur, p99_us=res["latency_us"]["p99"],
+                       p999_us=res["latency_us"]["p999"])
+            if "requested_rate" in res:
+                raw["achieved_pct"] = 100 * res["round_trips_per_sec"] / res["requested_rate"]
+            per(rts, "syscalls_per_rt")
+        elif mode == "bulk":
+            nbytes = res["bytes_per_sec"] * dur
             if not nbytes:
                 raise Failed("no bytes echoed")
             raw.update(bytes=nbytes, cpu_s_per_gb=cpu / (nbytes / 1e9),
                        gb_per_s=nbytes / 1e9 / dur)
-            if perf:
-                raw["syscalls_per_mb"] = (perf_cm.count / (nbytes / 1e6)
-                                          if perf_cm.count is not None else None)
-        elif scen == "churn":
-            n = first_key(res, "connects", "connections_made", "connections_opened",
-                          "conns", "round_trips")
+            per(nbytes / 1e6, "syscalls_per_mb")
+        elif mode == "churn":
+            n = res["round_trips"]
             if not n:
                 raise Failed("no connections")
             raw.update(conns=n, cpu_us_per_conn=cpu * 1e6 / n)
-            if perf:
-                raw["syscalls_per_conn"] = (perf_cm.count / n
-                                            if perf_cm.count is not None else None)
-        if perf and perf_cm.count is None:
-            raw["perf_note"] = "perf gave no count"
+            per(n, "syscalls_per_conn")
+        elif mode == "handshake":
+            n = res["handshakes"]
+            if not n:
+                raise Failed("no handshakes")
+            raw.update(handshakes=n, cpu_us_per_hs=cpu * 1e6 / n,
+                       hs_per_s=res["handshakes_per_sec"])
+            per(n, "syscalls_per_hs")
+        elif mode == "udp":
+            n = res["round_trips"]
+            if not n:
+                raise Failed("no datagrams echoed")
+            raw.update(dgrams=n, cpu_us_per_dgram=cpu * 1e6 / n,
+                       dgram_per_s=res["round_trips_per_sec"], lost=res["lost"])
+            per(n, "syscalls_per_dgram")
         return raw
     finally:
         died = srv.stop(proc, ctx.notes)
         if died is not None and died != 0:
-            ctx.note(srv.name, f"server exited {died} before it was stopped ({scen})")
+            ctx.note(srv.name, f"server exited {died} before it was stopped ({section})")
 
 
-def run_fairness(ctx, srv, duration):
-    proc = srv.start(ctx.args.server_cpu, ctx.logdir)
+def run_fairness(ctx, srv, path, duration):
+    proc = srv.start(ctx, path)
     try:
         # The stream starts first and ends last, so every pingpong exchange sees it. Both
         # clients share the load CPU; the bulk one at nice 19, so that the pingpong client gets
         # the CPU whenever it has work and its latency is the server's doing, not a time slice
         # lost to the other client (without this p99 is ~the scheduler's slice for everyone).
-        bulk = ctx.load.start(ctx.load.argv("bulk", proc.port, 1, 65536, duration + 0.5),
-                              ctx.args.load_cpu, nice=19)
+        bulk = ctx.load.start(ctx.load.argv("bulk", path.host, proc.port, 1, 65536,
+                                            duration + 0.5), ctx.args.load_cpu, nice=19)
         time.sleep(0.2)
-        pp = ctx.load.start(ctx.load.argv("pingpong", proc.port, 50, 64, duration),
+        pp = ctx.load.start(ctx.load.argv("pingpong", path.host, proc.port, 50, 64, duration),
                             ctx.args.load_cpu)
         ppres = finish_load(pp, duration + 60)
         bres = finish_load(bulk, duration + 60)
@@ -536,8 +748,8 @@ def run_fairness(ctx, srv, duration):
         srv.stop(proc, ctx.notes)
 
 
-def run_idle(ctx, srv, n):
-    proc = srv.start(ctx.args.server_cpu, ctx.logdir)
+def run_idle(ctx, srv, path, n):
+    proc = srv.start(ctx, path)
     socks = []
     try:
         time.sleep(0.2)
@@ -547,7 +759,7 @@ def run_idle(ctx, srv, n):
             s = socket.socket()
             s.settimeout(5)
             try:
-                s.connect(("127.0.0.1", proc.port))
+                s.connect((path.host, proc.port))
             except OSError as e:
                 s.close()
                 raise Failed(f"connect #{len(socks) + 1} failed: {e}")
@@ -578,7 +790,7 @@ def run_idle(ctx, srv, n):
         rss2 = rss_bytes(proc.pid)
         # then leave them idle: a server that scans its connections on a timer shows here
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(2.0 if ctx.args.quick else 5.0)
+        time.sleep(ctx.args.idle_seconds)
         idle_cpu_ms_per_s = (cpu_seconds(proc.pid) - cpu0) * 1000 / (time.monotonic() - t0)
         raw = {"conns": n, "rss_before": rss0, "rss_idle": rss1, "rss_touched": rss2,
                "rss_per_conn": (rss1 - rss0) / n, "rss_per_conn_touched": (rss2 - rss0) / n,
@@ -595,8 +807,8 @@ def run_idle(ctx, srv, n):
 # --------------------------------------------------------------------------- driver
 
 class Ctx:
-    def __init__(self, args, load, logdir):
-        self.args, self.load, self.logdir = args, load, logdir
+    def __init__(self, args, load, logdir, certs):
+        self.args, self.load, self.logdir, self.certs = args, load, logdir, certs
         self.notes = {}
         self.bulk_bytes = 0.5e9 if args.quick else 2e9
 
@@ -605,7 +817,7 @@ class Ctx:
         self.notes[server][line] += 1
 
 
-def measure(ctx, fn, *a):
+def measure(fn, *a):
     try:
         return fn(*a)
     except Failed as e:
@@ -614,51 +826,70 @@ def measure(ctx, fn, *a):
         return {"failed": f"{type(e).__name__}: {e}"}
 
 
+def parse_list(text, known, aliases, what, ap):
+    out = []
+    for s in text.split(","):
+        s = s.strip()
+        if not s:
+            continue
+        for t in aliases.get(s, s).split(","):
+            if t not in known:
+                ap.error(f"unknown {what} {t!r}: choose from {', '.join(known)}")
+            if t not in out:
+                out.append(t)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="1 run per scenario, shorter durations")
-    ap.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(SCENARIOS))
-    ap.add_argument("--servers", default=",".join(SERVERS), help="subset of " + ",".join(SERVERS))
+                    help="1 run per section, 1 s loads, ~0.5 GB bulk, 1 s idle watch")
+    ap.add_argument("--sections", "--only", default=",".join(DEFAULT_SECTIONS),
+                    help="comma-separated: " + ",".join(SECTIONS) + " (tls = the three tls-*) "
+                    "[all but pingpong500]")
+    ap.add_argument("--paths", default=",".join(PATHS), help="loopback,veth [both]")
+    ap.add_argument("--servers", default="", help="only these columns (e.g. epoll-echo,segment)")
     ap.add_argument("--server-args", default="", help="extra arguments for epoll-echo")
     ap.add_argument("--bin-dir", default=str(REPO / "target" / "release"),
                     help="where epoll-echo and echo-bench are [target/release]")
     ap.add_argument("--load-bin", default=None, help="echo-bench binary [BIN_DIR/echo-bench]")
-    ap.add_argument("--tokio-bin", default=str(default_tokio_bin()))
-    ap.add_argument("--floor-bin", default=str(REPO / "target" / "bench-peers" / "limit-echo"))
+    ap.add_argument("--tokio-bin", default=str(default_bin("tokio-echo")))
+    ap.add_argument("--tokio-rustls-bin", default=str(default_bin("tokio-rustls-echo")))
     ap.add_argument("--no-build", action="store_true", help="do not build the reference peers")
-    ap.add_argument("--runs", type=int, default=None, help="runs per scenario [3; --quick: 1]")
+    ap.add_argument("--runs", type=int, default=None, help="runs per section [3; --quick: 1]")
     ap.add_argument("--duration", type=float, default=None,
                     help="seconds per load run [3; --quick: 1]")
+    ap.add_argument("--open-rate", type=int, default=20000,
+                    help="openloop: requests/s over the 50 connections [20000]")
     ap.add_argument("--idle-conns", type=int, default=10000)
-    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--idle-seconds", type=float, default=None,
+                    help="idle: how long to watch the server's CPU [5; --quick: 1]")
+    ap.add_argument("--server-cpu", default="0", help="taskset CPU list for servers [0]")
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--json", metavar="FILE", help="save raw numbers here")
     args = ap.parse_args()
 
-    only = [ALIASES.get(s.strip(), s.strip()) for s in args.only.split(",") if s.strip()]
-    for s in only:
-        if s not in SCENARIOS:
-            ap.error(f"unknown scenario {s!r}: choose from {', '.join(SCENARIOS)}")
-    scenarios = [s for s in SCENARIOS if not only or s in only]
-    names = [s.strip() for s in args.servers.split(",") if s.strip()]
-    for s in names:
-        if s not in SERVERS:
-            ap.error(f"unknown server {s!r}: choose from {', '.join(SERVERS)}")
+    sections = parse_list(args.sections, list(SECTIONS), ALIASES, "section", ap)
+    paths = parse_list(args.paths, PATHS, {}, "path", ap)
+    only_servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     runs = args.runs or (1 if args.quick else 3)
     duration = args.duration or (1.0 if args.quick else 3.0)
+    if args.idle_seconds is None:
+        args.idle_seconds = 1.0 if args.quick else 5.0
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     atexit.register(cleanup)
+    atexit.register(veth_down_if_up)
 
     ncpu = os.cpu_count() or 1
-    for c in (args.server_cpu, args.load_cpu):
+    server_cpus = {int(c) for c in args.server_cpu.split(",") if c.strip()}
+    for c in [*server_cpus, args.load_cpu]:
         if c >= ncpu:
             ap.error(f"CPU {c} does not exist here ({ncpu} CPUs)")
-    if args.server_cpu == args.load_cpu:
+    if args.load_cpu in server_cpus:
         log("warning: server and load share a CPU; the numbers include the load's own cost")
     # This script (idle connections, perf) stays off the server's CPU too.
     os.sched_setaffinity(0, {args.load_cpu})
@@ -667,76 +898,104 @@ def main():
     if hard == resource.RLIM_INFINITY or hard > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
-    if "idle" in scenarios and soft < args.idle_conns + 100:
-        log(f"note: open-files limit {soft}: idle scenario reduced")
+    if "idle" in sections and soft < args.idle_conns + 100:
+        log(f"note: open-files limit {soft}: idle section reduced")
         args.idle_conns = max(100, (soft - 100) // 2)
+    # A broken pipe to a peer must not kill this script; children get SIG_IGN only on request.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
-    problems = build_peers(args)
-    servers = make_servers(args)
-    if "epoll-echo" in problems and "epoll-echo" in names:
+    want_tls = any(SECTIONS[s][0] == "tls" for s in sections)
+    problems = build_peers(args, want_tls)
+    if "epoll-echo" in problems:
         log(f"run.py: {problems['epoll-echo']} (cargo build --release, or --bin-dir DIR)")
         return 2
-    for name in list(names):
-        if name in problems:
-            log(f"skipping {name}: {problems[name]}")
-    active = [servers[n] for n in names if n not in problems]
     load = Load(args.load_bin or Path(args.bin_dir) / "echo-bench")
-    needs_load = [s for s in scenarios if s != "idle"]
-    if needs_load and not load.ok:
-        log(f"run.py: no load generator at {load.path} (cargo build --release, or --bin-dir "
-            f"DIR, or --load-bin FILE); only the idle scenario runs without it")
+    if any(s != "idle" for s in sections) and not load.ok:
+        log(f"run.py: no load generator at {load.path} (cargo build --release --workspace, "
+            f"or --bin-dir DIR, or --load-bin FILE)")
         return 2
     perf_ok, perf_why = perf_probe()
     if not perf_ok:
         log(f"syscall counts: n/a ({perf_why})")
 
     info = machine_info()
-    results = {s.name: {} for s in active}  # server -> scenario -> {"runs": [...], "perf": {...}}
+    results = {}  # path -> section -> server -> {"runs": [...], "perf": {...}}
+    skipped = {}  # path or section -> why
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as logdir:
-        ctx = Ctx(args, load, logdir)
+        certs = make_certs(Path(logdir)) if want_tls and shutil.which("openssl") else None
+        servers, group_skip = make_servers(args, certs)
+        ctx = Ctx(args, load, logdir, certs)
         try:
-            for scen in scenarios:
-                log(f"== {scen}")
-                # Syscall counts come from a run of their own: tracing every syscall costs the
-                # server CPU time that must not land in the CPU figures. For bulk this run is
-                # also the calibration that sizes the measured runs to ~2 GB.
-                if scen in ("pingpong50", "pingpong500", "bulk", "churn"):
-                    for srv in active:
-                        if perf_ok or scen == "bulk":
-                            r = measure(ctx, run_load_scenario, ctx, srv, scen, perf_ok,
-                                        duration)
-                            results[srv.name].setdefault(scen, {"runs": []})["perf"] = r
-                            log(f"   {srv.name:10s} syscall run: {brief(r)}")
-                for i in range(runs):
-                    order = active[i % len(active):] + active[:i % len(active)]
-                    for srv in order:
-                        entry = results[srv.name].setdefault(scen, {"runs": []})
-                        if scen == "idle":
-                            r = measure(ctx, run_idle, ctx, srv, args.idle_conns)
-                        elif scen == "fairness":
-                            r = measure(ctx, run_fairness, ctx, srv, duration)
-                        else:
-                            d = duration
-                            if scen == "bulk" and not load.supports("bulk", "--bytes"):
-                                d = bulk_duration(entry, ctx.bulk_bytes, duration)
-                            r = measure(ctx, run_load_scenario, ctx, srv, scen, False, d)
-                        entry["runs"].append(r)
-                        log(f"   {srv.name:10s} run {i + 1}/{runs}: {brief(r)}")
+            for pname in paths:
+                try:
+                    path = make_path(pname)
+                except RuntimeError as e:
+                    skipped[pname] = f"skipped: {e}"
+                    log(f"== {pname}: {skipped[pname]}")
+                    continue
+                for section in sections:
+                    group = SECTIONS[section][0]
+                    if group in group_skip:
+                        skipped[section] = group_skip[group]
+                        log(f"== {pname} {section}: {group_skip[group]}")
+                        continue
+                    active = [srv for name, srv in servers[group].items()
+                              if name not in problems
+                              and (not only_servers or name in only_servers)]
+                    for name in servers[group]:
+                        if name in problems:
+                            ctx.note(name, f"not run: {problems[name]}")
+                    log(f"== {pname} {section}")
+                    res = results.setdefault(pname, {}).setdefault(section, {})
+                    run_section(ctx, path, section, active, res, perf_ok, runs, duration)
         finally:
             cleanup()
+            veth_down_if_up()
     elapsed = time.monotonic() - t_start
 
-    print_report(info, args, active, scenarios, results, perf_ok, perf_why, runs, duration,
-                 ctx.notes, elapsed)
+    print_report(info, args, paths, sections, servers, results, skipped, perf_ok, perf_why,
+                 runs, duration, ctx.notes, elapsed)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "runs": runs, "duration_s": duration,
                        "server_args": args.server_args, "perf": perf_ok or perf_why,
-                       "results": results, "summary": summarize(active, results),
+                       "open_rate": args.open_rate, "skipped": skipped, "results": results,
+                       "summary": summarize(paths, sections, servers, results),
                        "server_output": ctx.notes}, f, indent=1, default=str)
         log(f"raw numbers saved to {args.json}")
     return 0
+
+
+def veth_down_if_up():
+    if _veth_up:
+        veth_down()
+
+
+def run_section(ctx, path, section, active, res, perf_ok, runs, duration):
+    mode = SECTIONS[section][1]
+    bulkish = mode == "bulk"
+    # Syscall counts come from a run of their own: tracing every syscall costs the server CPU
+    # time that must not land in the CPU figures. For bulk this run is also the calibration
+    # that sizes the measured runs to move about the same number of bytes on every server.
+    if mode is not None and (perf_ok or bulkish):
+        for srv in active:
+            r = measure(run_load, ctx, srv, path, section, perf_ok, duration)
+            res.setdefault(srv.name, {"runs": []})["perf"] = r
+            log(f"   {srv.name:12s} syscall run: {brief(r)}")
+    for i in range(runs):
+        order = active[i % len(active):] + active[:i % len(active)] if active else []
+        for srv in order:
+            entry = res.setdefault(srv.name, {"runs": []})
+            if section == "idle":
+                r = measure(run_idle, ctx, srv, path, ctx.args.idle_conns)
+            elif section == "fairness":
+                r = measure(run_fairness, ctx, srv, path, duration)
+            else:
+                d = bulk_duration(entry, ctx.bulk_bytes, duration) if bulkish else duration
+                r = measure(run_load, ctx, srv, path, section, False, d)
+            entry["runs"].append(r)
+            log(f"   {srv.name:12s} run {i + 1}/{runs}: {brief(r)}")
 
 
 def bulk_duration(entry, target_bytes, default):
@@ -749,14 +1008,17 @@ def bulk_duration(entry, target_bytes, default):
     return round(min(max(secs, 1.0), 15.0), 1)
 
 
+BRIEF_KEYS = ("cpu_us_per_rt", "syscalls_per_rt", "rt_per_s", "p99_us", "achieved_pct",
+              "cpu_s_per_gb", "gb_per_s", "syscalls_per_mb", "cpu_us_per_conn",
+              "syscalls_per_conn", "hs_per_s", "cpu_us_per_hs", "dgram_per_s",
+              "cpu_us_per_dgram", "syscalls_per_dgram", "lost", "rss_per_conn",
+              "rss_per_conn_touched", "idle_cpu_ms_per_s")
+
+
 def brief(r):
     if "failed" in r:
         return "FAILED: " + r["failed"]
-    keys = [k for k in ("cpu_us_per_rt", "syscalls_per_rt", "rt_per_s", "cpu_s_per_gb",
-                        "gb_per_s", "syscalls_per_mb", "cpu_us_per_conn", "syscalls_per_conn",
-                        "p99_us", "rss_per_conn", "rss_per_conn_touched",
-                        "idle_cpu_ms_per_s") if k in r]
-    return " ".join(f"{k}={fmt(r[k], 3)}" for k in keys)
+    return " ".join(f"{k}={fmt(r[k], 3)}" for k in BRIEF_KEYS if k in r)
 
 
 def fmt(v, digits):
@@ -769,65 +1031,88 @@ def fmt(v, digits):
     return f"{v:.{digits}f}"
 
 
-def cell_value(entry, key):
-    """(median or None, note) for one metric of one server/scenario."""
+def cell_stats(entry, key):
+    """(median, min, max, note) of one metric of one server/section; median None if none."""
     if entry is None:
-        return None, "not run"
+        return None, None, None, "not run"
     src = [entry.get("perf") or {}] if key.startswith("syscalls_") else entry["runs"]
     ok = [r[key] for r in src if "failed" not in r and r.get(key) is not None]
     failed = [r["failed"] for r in src if "failed" in r]
     if not ok:
-        if failed:
-            return None, "FAIL: " + failed[0]
-        return None, "n/a"
+        return None, None, None, ("FAIL: " + failed[0]) if failed else "n/a"
     note = f" ({len(failed)}/{len(src)} failed: {failed[0]})" if failed else ""
-    return statistics.median(ok), note
+    return statistics.median(ok), min(ok), max(ok), note
 
 
-def summarize(active, results):
+def summarize(paths, sections, servers, results):
     out = {}
-    for scen, key, label, _ in ROWS:
-        for srv in active:
-            v, note = cell_value(results[srv.name].get(scen), key)
-            out.setdefault(label, {})[srv.name] = v if v is not None else note
+    for pname in paths:
+        for section, key, label, _ in ROWS:
+            if section not in sections:
+                continue
+            group = SECTIONS[section][0]
+            for name in servers[group]:
+                entry = results.get(pname, {}).get(section, {}).get(name)
+                med, lo, hi, note = cell_stats(entry, key)
+                out.setdefault(f"{pname}: {label}", {})[name] = (
+                    {"median": med, "min": lo, "max": hi} if med is not None else note)
     return out
 
 
-def print_report(info, args, active, scenarios, results, perf_ok, perf_why, runs, duration,
-                 notes, elapsed):
-    print(f"# epoll-echo server-side cost per unit of work\n")
+def print_report(info, args, paths, sections, servers, results, skipped, perf_ok, perf_why,
+                 runs, duration, notes, elapsed):
+    print("# epoll-echo benchmark matrix\n")
     print(f"- machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}")
     print(f"- date: {info['date']}")
-    print(f"- servers pinned to CPU {args.server_cpu}, load to CPU {args.load_cpu}; "
-          f"median of {runs} run(s), {duration:g} s per load run; took {elapsed:.0f} s")
+    print(f"- servers pinned to CPU {args.server_cpu}, load to CPU {args.load_cpu}; median "
+          f"(min–max) of {runs} interleaved run(s), {duration:g} s per load run (bulk: sized "
+          f"to ~{0.5 if args.quick else 2:g} GB); took {elapsed:.0f} s")
     extra = f" {args.server_args}" if args.server_args else ""
-    print(f"- epoll-echo: --maxListeners 1 -q{extra}; tokio: 1 worker thread; "
-          f"floor: bench-peers/limit-echo.c")
+    print(f"- epoll-echo: --maxListeners 1 (bulk4: 2) -q{extra}; tokio, tokio-rustls: 1 worker "
+          "thread (bulk4: 2); segment: bench-peers/segment-echo.c (buffer = largest multiple "
+          "of TCP_MAXSEG ≤ 64 KiB); floor: bench-peers/limit-echo.c; udp-echo: "
+          "bench-peers/udp-echo.c")
+    print(f"- paths: loopback (127.0.0.1); veth (server in netns {NETNS} at {SRV_IP}, "
+          f"load at {LOAD_IP}, MTU 1500)")
     if not perf_ok:
         print(f"- syscalls: n/a ({perf_why})")
-    print()
-    names = [s.name for s in active]
-    header = ["metric (lower is better unless noted)", *names]
-    has_ratio = "epoll-echo" in names and "floor" in names
-    if has_ratio:
-        header.append("epoll-echo/floor")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-    for scen, key, label, digits in ROWS:
-        if scen not in scenarios:
+    for what, why in skipped.items():
+        print(f"- {what}: {why}")
+    for pname in paths:
+        if pname not in results:
             continue
-        cells, vals = [], {}
-        for n in names:
-            v, note = cell_value(results[n].get(scen), key)
-            vals[n] = v
-            if v is None and key.startswith("syscalls_") and not perf_ok:
-                note = "n/a"
-            cells.append((fmt(v, digits) if v is not None else "") + note)
-        row = [label, *cells]
-        if has_ratio:
-            a, b = vals.get("epoll-echo"), vals.get("floor")
-            row.append(f"{a / b:.2f}" if a is not None and b else "")
-        print("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
+        for group in ("tcp", "tls", "udp"):
+            rows = [r for r in ROWS if r[0] in sections and SECTIONS[r[0]][0] == group
+                    and r[0] in results[pname]]
+            if not rows:
+                continue
+            names = list(servers[group])
+            ours, refs = "epoll-echo", GROUPS[group][1]
+            print(f"\n## {pname}: {GROUP_TITLES[group]}\n")
+            header = ["metric (lower is better unless noted)", *names,
+                      *[f"{ours}/{r}" for r in refs]]
+            print("| " + " | ".join(header) + " |")
+            print("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+            for section, key, label, digits in rows:
+                cells, meds = [], {}
+                for n in names:
+                    entry = results[pname][section].get(n)
+                    med, lo, hi, note = cell_stats(entry, key)
+                    meds[n] = med
+                    if med is None and key.startswith("syscalls_") and not perf_ok:
+                        note = "n/a"
+                    text = fmt(med, digits) if med is not None else ""
+                    if med is not None and runs > 1 and lo != hi:
+                        text += f" ({fmt(lo, digits)}–{fmt(hi, digits)})"
+                    cells.append(text + note)
+                ratios = []
+                for r in refs:
+                    a, b = meds.get(ours), meds.get(r)
+                    ratios.append(f"{a / b:.2f}" if a is not None and b else "")
+                label = label.replace("RATE", f"{args.open_rate:,}").replace(
+                    "IDLE", f"{args.idle_conns:,}")
+                row = [label, *cells, *ratios]
+                print("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
     if notes:
         print("\nserver output (stdout/stderr; count of runs):")
         for name, lines in notes.items():
@@ -841,4 +1126,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except KeyboardInterrupt:
         cleanup()
+        veth_down_if_up()
         sys.exit(130)

@@ -1,17 +1,27 @@
 //! pingpong and churn: write `--size` bytes, read all of them back, compare every byte.
 //!
 //! pingpong keeps each connection open and repeats the exchange until `--duration` ends;
-//! latency is write → last echoed byte. churn does one exchange per connection, then closes it
+//! latency is write → last echoed byte (closed loop: the next exchange starts when the
+//! previous one ends, so a server stall delays the requests that would have been sent
+//! meanwhile and shows as one slow sample — "coordinated omission").
+//!
+//! With `--rate R` (open loop, as wrk2 does it) connection `i` of `C` sends its `k`-th
+//! request at the *intended* instant `start + i/R + k·C/R`, so the whole run sends R per
+//! second, evenly spread. One request is in flight per connection: when a reply comes late,
+//! the requests whose time has passed are sent at once, one after another, and every latency
+//! runs from the request's intended send instant to its last echoed byte. A 300 ms stall
+//! therefore shows as the ~300 ms × R/C requests it delayed, in p99/p999. The time from the
+//! actual send is kept too (`service time`: what a closed loop would have measured). churn does one exchange per connection, then closes it
 //! and opens a new one; latency is connect → last echoed byte. Both end a connection the same
 //! way: shut down the write side and expect the server to close (EOF) with no extra bytes.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Ctx, Flow, Plan, Session};
 use crate::pattern::{ByteStream, seed};
 use crate::report::{ErrorKind, Failure};
+use crate::tls::Conn;
 
 /// Exchanges per drive before yielding to the thread's other connections.
 const BATCH: u32 = 32;
@@ -32,15 +42,47 @@ struct Exchange {
     sent: usize,
     got: usize,
     round: u64,
+    /// The latency clock's zero: the intended send instant (open loop), the write (closed
+    /// loop) or the connect (churn).
     t0: Instant,
+    /// Open loop: when the current request was really written first.
+    sent_at: Instant,
+    schedule: Option<Schedule>,
     state: State,
     /// churn: one exchange, timed from connect.
     once: bool,
 }
 
+/// An open-loop connection's send schedule.
+struct Schedule {
+    /// The next request's intended send instant.
+    next: Instant,
+    interval: Duration,
+    /// No request is intended at or after this (`--duration`'s end).
+    end: Instant,
+}
+
+impl Schedule {
+    /// Connection `id` of `connections`, `rate` requests per second for the whole run.
+    fn new(id: u64, rate: f64, connections: usize, start: Instant, end: Instant) -> Schedule {
+        let offset = Duration::from_secs_f64((id % connections as u64) as f64 / rate);
+        Schedule {
+            next: start + offset,
+            interval: Duration::from_secs_f64(connections as f64 / rate),
+            end,
+        }
+    }
+}
+
 impl Exchange {
     fn new(id: u64, attempt: u32, began: Instant, plan: &Plan, once: bool) -> Exchange {
+        let now = Instant::now();
         Exchange {
+            sent_at: now,
+            schedule: plan
+                .rate
+                .filter(|_| !once)
+                .map(|(rate, conns)| Schedule::new(id, rate, conns, now, plan.deadline)),
             id,
             pattern: ByteStream::new(seed(id, attempt)),
             out: vec![0; plan.size],
@@ -53,8 +95,7 @@ impl Exchange {
         }
     }
 
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
-        let mut s = s;
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
         let mut done_now = 0;
         loop {
             match self.state {
@@ -62,10 +103,10 @@ impl Exchange {
                     let finished = if self.once {
                         self.round > 0
                     } else {
-                        ctx.stopping
+                        ctx.stopping || self.schedule.as_ref().is_some_and(|s| s.next >= s.end)
                     };
                     if finished {
-                        s.shutdown(std::net::Shutdown::Write)
+                        s.shutdown_write()
                             .map_err(|e| Failure::io(&format!("conn {}: shutdown", self.id), &e))?;
                         self.state = State::Closing;
                         continue;
@@ -73,11 +114,20 @@ impl Exchange {
                     if done_now == BATCH {
                         return Ok(Flow::Yield);
                     }
+                    if let Some(s) = &self.schedule
+                        && Instant::now() < s.next
+                    {
+                        return Ok(Flow::Sleep(s.next));
+                    }
                     self.pattern.fill(&mut self.out);
                     self.sent = 0;
                     self.got = 0;
-                    if !self.once {
-                        self.t0 = Instant::now();
+                    self.sent_at = Instant::now();
+                    if let Some(s) = &mut self.schedule {
+                        self.t0 = s.next;
+                        s.next += s.interval;
+                    } else if !self.once {
+                        self.t0 = self.sent_at;
                     }
                     self.state = State::Exchange;
                 }
@@ -125,6 +175,9 @@ impl Exchange {
                     if self.got == self.out.len() {
                         ctx.stats
                             .record_round_trip(self.out.len(), self.t0.elapsed());
+                        if self.schedule.is_some() {
+                            ctx.stats.record_service_time(self.sent_at.elapsed());
+                        }
                         self.round += 1;
                         done_now += 1;
                         self.state = State::Idle;
@@ -182,7 +235,7 @@ impl Session for PingPong {
     fn start(id: u64, attempt: u32, began: Instant, plan: &Plan) -> Self {
         PingPong(Exchange::new(id, attempt, began, plan, false))
     }
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
         self.0.drive(s, ctx)
     }
 }
@@ -194,7 +247,7 @@ impl Session for Churn {
     fn start(id: u64, attempt: u32, began: Instant, plan: &Plan) -> Self {
         Churn(Exchange::new(id, attempt, began, plan, true))
     }
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
         self.0.drive(s, ctx)
     }
 }

@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::pattern::{ByteStream, mix};
+use crate::tls::Tls;
 
 const PAYLOAD: usize = 32;
 
@@ -65,8 +66,13 @@ impl From<String> for Failure {
     }
 }
 
-/// One round trip to `addr`; returns its latency (connect → last echoed byte).
-pub fn round_trip(addr: SocketAddr, deadline: Instant) -> Result<Duration, Failure> {
+/// One round trip to `addr` (over TLS with `tls`: handshake included); returns its latency
+/// (connect → last echoed byte).
+pub fn round_trip(
+    addr: SocketAddr,
+    deadline: Instant,
+    tls: Option<&Tls>,
+) -> Result<Duration, Failure> {
     let seed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -82,15 +88,27 @@ pub fn round_trip(addr: SocketAddr, deadline: Instant) -> Result<Duration, Failu
             }
         })?;
     let _ = s.set_nodelay(true);
-    s.set_write_timeout(Some(remaining(deadline, "write")?))
-        .and_then(|()| s.write_all(&payload))
+    let mut client = match tls {
+        Some(t) => Some(t.connect().map_err(|e| format!("TLS client: {e}"))?),
+        None => None,
+    };
+    // Timeouts are socket options: set through a second handle while `stream` borrows `s`.
+    let sock = s.try_clone().map_err(|e| format!("socket: {e}"))?;
+    // A blocking socket: rustls's Stream does the handshake inside the first write/read.
+    let mut stream: Box<dyn ReadWrite> = match &mut client {
+        Some(c) => Box::new(rustls::Stream::new(c, &mut s)),
+        None => Box::new(&mut s),
+    };
+    sock.set_write_timeout(Some(remaining(deadline, "write")?))
+        .and_then(|()| stream.write_all(&payload))
+        .and_then(|()| stream.flush())
         .map_err(|e| format!("write: {}", timeout_msg(&e)))?;
     let mut echo = [0u8; PAYLOAD];
     let mut got = 0;
     while got < PAYLOAD {
-        let n = s
+        let n = sock
             .set_read_timeout(Some(remaining(deadline, "the echo arrived")?))
-            .and_then(|()| s.read(&mut echo[got..]))
+            .and_then(|()| stream.read(&mut echo[got..]))
             .map_err(|e| format!("read after {got} of {PAYLOAD} bytes: {}", timeout_msg(&e)))?;
         if n == 0 {
             return Err(format!("server closed after echoing {got} of {PAYLOAD} bytes").into());
@@ -106,6 +124,9 @@ pub fn round_trip(addr: SocketAddr, deadline: Instant) -> Result<Duration, Failu
     }
     Ok(t0.elapsed())
 }
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn timeout_msg(e: &io::Error) -> String {
     match e.kind() {
@@ -125,7 +146,7 @@ pub struct Outcome {
 
 /// Resolves and tries each address in turn until one round trip succeeds or time runs out.
 /// With `discover` (no explicit `--addr`), a refused connect falls back to [`discover_port`].
-pub fn run(addr: &str, discover: bool, timeout: Duration) -> Outcome {
+pub fn run(addr: &str, discover: bool, timeout: Duration, tls: Option<&Tls>) -> Outcome {
     let deadline = Instant::now() + timeout;
     let plain = |addr: String, result| Outcome {
         addr,
@@ -138,7 +159,7 @@ pub fn run(addr: &str, discover: bool, timeout: Duration) -> Outcome {
     };
     let mut last = (addr.to_owned(), Err("no address tried".to_owned().into()));
     for a in addrs {
-        let r = round_trip(a, deadline);
+        let r = round_trip(a, deadline, tls);
         let ok = r.is_ok();
         last = (a.to_string(), r);
         if ok || Instant::now() >= deadline {
@@ -155,7 +176,7 @@ pub fn run(addr: &str, discover: bool, timeout: Duration) -> Outcome {
         Some(Ok(found)) => Outcome {
             addr: found.to_string(),
             instead_of: Some(used),
-            result: round_trip(found, deadline).map_err(|f| f.msg),
+            result: round_trip(found, deadline, tls).map_err(|f| f.msg),
         },
         Some(Err(why)) => plain(used, result.map_err(|e| format!("{e}; {why}"))),
         None => plain(used, result),

@@ -1,9 +1,12 @@
-//! echo-bench: a load generator for TCP echo servers that checks every byte it gets back.
+//! echo-bench: a load generator for TCP, TLS and UDP echo servers that checks every byte it
+//! gets back.
 //!
-//! Modes (modules): [`pingpong`] (many connections, one exchange in flight each; also churn:
-//! a new connection per exchange), [`bulk`] (a continuous stream each way), [`probe`] (one
-//! round trip, for health checks). [`engine`] is the per-thread epoll loop the first three
-//! share, [`pattern`] the byte stream they send and verify, [`report`] the numbers and output.
+//! Modes (modules): [`pingpong`] (many connections, one exchange in flight each, closed or
+//! open loop; also churn and handshake: a new connection per exchange), [`bulk`] (a
+//! continuous stream each way), [`udp`] (a window of datagrams per socket), [`probe`] (one
+//! round trip, for health checks). [`engine`] is the per-thread epoll loop the TCP modes
+//! share, [`tls`] the optional rustls layer under them, [`pattern`] the byte stream they send
+//! and verify, [`report`] the numbers and output, [`sys`] the few libc calls.
 #![deny(unsafe_code)]
 
 mod bulk;
@@ -12,19 +15,25 @@ mod pattern;
 mod pingpong;
 mod probe;
 mod report;
+#[allow(unsafe_code)]
+mod sys;
+mod tls;
+mod udp;
+mod units;
 
 use std::io::IsTerminal;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 
-use crate::engine::{Plan, Session};
+use crate::engine::Plan;
 use crate::report::{Progress, Report, Stats};
 
-/// Load generator for TCP echo servers that tells the truth: every echoed byte is compared
+/// Load generator for TCP (plain or TLS) and UDP echo servers that tells the truth: every echoed byte is compared
 /// with the byte sent, and any mismatch, early close, reset, failed connect or stall is
 /// counted as an error and makes the exit status 1.
 #[derive(Parser, Debug)]
@@ -43,7 +52,8 @@ struct Cli {
     #[arg(long, env = "PORT", default_value_t = 8080, hide = true)]
     port: u16,
 
-    /// Concurrent connections [default: 50 for pingpong, 1 for bulk and churn; probe uses 1].
+    /// Concurrent connections (udp: sockets) [default: 50 for pingpong, 16 for udp, 1 for bulk
+    /// and churn; probe uses 1].
     #[arg(short, long, value_name = "N")]
     connections: Option<NonZeroUsize>,
 
@@ -66,25 +76,60 @@ struct Cli {
     #[arg(long)]
     json: bool,
 
-    /// probe: the limit for the whole round trip. Other modes: a connection without progress
-    /// for this long is an error (stall), and the run ends at most this long after --duration.
+    /// probe: the limit for the whole round trip. udp: how long an unanswered datagram waits
+    /// before it counts as lost. Other modes: a connection without progress for this long is
+    /// an error (stall), and the run ends at most this long after --duration.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_positive_duration)]
     timeout: Duration,
+
+    /// pingpong: open loop. Send N requests per second in all, spread evenly over the
+    /// connections on a fixed schedule, and time each reply from its request's intended send
+    /// instant (wrk2's correction for coordinated omission), so server stalls show in
+    /// p99/p999. Reports the achieved rate and warns when it is under 95% of N.
+    /// [default: closed loop, each connection sends when its previous echo is back]
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    rate: Option<f64>,
+
+    /// udp: datagrams in flight per socket.
+    #[arg(long, default_value_t = NonZeroUsize::new(12).expect("nonzero"), value_name = "W")]
+    window: NonZeroUsize,
+
+    /// Speak TLS (rustls, TLS 1.2/1.3) to the server: pingpong, bulk, churn, handshake and
+    /// probe. The certificate must verify against --tls-ca and be valid for --server-name;
+    /// otherwise every connection fails (errors, exit 1).
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+
+    /// --tls: the CA certificate(s) to trust, PEM (no system roots are used).
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+
+    /// --tls: the name the server's certificate must be valid for (a DNS name or an IP)
+    /// [default: the host of --addr].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// Each connection sends --size bytes, waits for all of them back, repeats; latency per
-    /// exchange.
+    /// exchange. Closed loop, or open loop with --rate.
     Pingpong,
     /// Each connection streams pseudo-random bytes while reading the echo; throughput, and
-    /// latency per --size chunk.
+    /// each --size chunk's turnaround (mostly socket-buffer queueing, not a latency).
     Bulk,
     /// Connect, one exchange, close, repeat; latency from connect to the last echoed byte.
     Churn,
+    /// --tls: new connection, full TLS handshake, one exchange, close, repeat (churn over
+    /// TLS, without session resumption); handshakes per second.
+    Handshake,
+    /// --connections UDP sockets, each keeping --window datagrams of --size bytes in flight;
+    /// every reply checked, unanswered ones lost after --timeout.
+    Udp,
     /// One connection, one small round trip within --timeout; prints `ok` or `FAIL`, exits 0 or 1.
     /// Without --addr, if nothing listens on the default, probes the one listening port found
-    /// in /proc/net/tcp{,6} (a container's own sockets) instead.
+    /// in /proc/net/tcp{,6} (a container's own sockets) instead. With --tls, over TLS
+    /// (handshake included).
     Probe,
 }
 
@@ -94,21 +139,32 @@ impl Mode {
             Mode::Pingpong => "pingpong",
             Mode::Bulk => "bulk",
             Mode::Churn => "churn",
+            Mode::Handshake => "handshake",
             Mode::Probe => "probe",
+            Mode::Udp => "udp",
         }
     }
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
     const MAX: usize = 256 << 20;
-    match epoll_echo::cli::parse_size(s)? {
+    match units::parse_size(s)? {
         n if n > MAX => Err(format!("'{s}' is more than the limit of 256M")),
         n => Ok(n),
     }
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a rate: use a number of requests per second above 0 (e.g. 10000)"
+        )),
+    }
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    match epoll_echo::duration::parse(s)? {
+    match units::parse_duration(s)? {
         d if d.is_zero() => Err("must be more than zero".into()),
         d => Ok(d),
     }
@@ -120,13 +176,55 @@ fn main() -> ExitCode {
         .addr
         .clone()
         .unwrap_or_else(|| format!("127.0.0.1:{}", cli.port));
-    if cli.mode == Mode::Probe {
-        return probe_main(&addr, &cli);
+    if cli.rate.is_some() && cli.mode != Mode::Pingpong {
+        usage_error(format!(
+            "--rate applies to pingpong only, not {}",
+            cli.mode.name()
+        ));
     }
-    match bench(&cli, &addr) {
+    if cli.mode == Mode::Handshake && !cli.tls {
+        usage_error("handshake mode needs --tls (and --tls-ca)".into());
+    }
+    if cli.tls && cli.mode == Mode::Udp {
+        usage_error("--tls does not apply to udp".into());
+    }
+    let tls = match &cli.tls_ca {
+        Some(ca) if cli.tls => {
+            let name = cli
+                .server_name
+                .clone()
+                .unwrap_or_else(|| tls::default_server_name(&addr));
+            match tls::Tls::new(ca, &name) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("echo-bench: error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    if cli.mode == Mode::Udp
+        && let Some(s) = cli
+            .size
+            .filter(|s| !(udp::MIN_SIZE..=udp::MAX_SIZE).contains(s))
+    {
+        usage_error(format!(
+            "--size {s}: udp datagrams must be {} to {} bytes (each carries an 8-byte sequence header)",
+            udp::MIN_SIZE,
+            udp::MAX_SIZE
+        ));
+    }
+    if cli.mode == Mode::Probe {
+        return probe_main(&addr, &cli, tls.as_ref());
+    }
+    match bench(&cli, &addr, tls) {
         Ok(report) => {
             if cli.json {
                 println!("{}", report.json());
+                if let Some(w) = report.warning() {
+                    eprintln!("echo-bench: {w}");
+                }
             } else {
                 print!("{}", report.table());
             }
@@ -143,12 +241,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn probe_main(addr: &str, cli: &Cli) -> ExitCode {
+/// A bad combination of flags: clap's message format, exit 2.
+fn usage_error(msg: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, msg)
+        .exit()
+}
+
+fn probe_main(addr: &str, cli: &Cli, tls: Option<&tls::Tls>) -> ExitCode {
     let probe::Outcome {
         addr: used,
         instead_of,
         result,
-    } = probe::run(addr, cli.addr.is_none(), cli.timeout);
+    } = probe::run(addr, cli.addr.is_none(), cli.timeout, tls);
     let (note, json_note) = match &instead_of {
         Some(d) => (
             format!(" (discovered: nothing on {d})"),
@@ -178,10 +283,14 @@ fn probe_main(addr: &str, cli: &Cli) -> ExitCode {
 }
 
 /// Runs a load mode on `--threads` threads and merges what they measured.
-fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
+fn bench<'a>(cli: &'a Cli, addr: &str, tls: Option<tls::Tls>) -> Result<Report<'a>, String> {
     let target = probe::resolve(addr, Instant::now() + cli.timeout)?[0];
     let connections = cli.connections.map_or(
-        if cli.mode == Mode::Pingpong { 50 } else { 1 },
+        match cli.mode {
+            Mode::Pingpong => 50,
+            Mode::Udp => 16,
+            _ => 1,
+        },
         NonZeroUsize::get,
     );
     let size = cli
@@ -193,28 +302,59 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
         .clamp(1, connections);
     // Hundreds of sockets need more than a 1024 soft limit; failing here only means the
     // connects that run out of descriptors count as errors.
-    let _ = epoll_echo::sys::raise_nofile_limit();
+    let _ = sys::raise_nofile_limit();
 
     let start = Instant::now();
+    let progress = Progress::default();
+    let share = |t: usize| -> Vec<u64> {
+        (t..connections)
+            .step_by(threads)
+            .map(|i| i as u64)
+            .collect()
+    };
+    if cli.mode == Mode::Udp {
+        let plans: Vec<udp::UdpPlan> = (0..threads)
+            .map(|t| udp::UdpPlan {
+                addr: target,
+                ids: share(t),
+                window: cli.window.get(),
+                size,
+                deadline: start + cli.duration,
+                timeout: cli.timeout,
+            })
+            .collect();
+        let stats = run_threads(&plans, &progress, start, udp::run)?;
+        return Ok(Report {
+            mode: cli.mode.name(),
+            addr: target.to_string(),
+            connections,
+            threads,
+            size,
+            duration: start.elapsed(),
+            stats,
+            rate: None,
+            window: Some(cli.window.get()),
+        });
+    }
     let plans: Vec<Plan> = (0..threads)
         .map(|t| Plan {
             addr: target,
-            ids: (t..connections)
-                .step_by(threads)
-                .map(|i| i as u64)
-                .collect(),
+            ids: share(t),
             size,
             deadline: start + cli.duration,
             timeout: cli.timeout,
-            reconnect: cli.mode == Mode::Churn,
+            reconnect: matches!(cli.mode, Mode::Churn | Mode::Handshake),
+            rate: cli.rate.map(|r| (r, connections)),
+            tls: tls.clone(),
         })
         .collect();
-    let progress = Progress::default();
     let stats = match cli.mode {
-        Mode::Pingpong => run_threads::<pingpong::PingPong>(&plans, &progress, start)?,
-        Mode::Bulk => run_threads::<bulk::Bulk>(&plans, &progress, start)?,
-        Mode::Churn => run_threads::<pingpong::Churn>(&plans, &progress, start)?,
-        Mode::Probe => unreachable!("probe runs on its own"),
+        Mode::Pingpong => run_threads(&plans, &progress, start, engine::run::<pingpong::PingPong>)?,
+        Mode::Bulk => run_threads(&plans, &progress, start, engine::run::<bulk::Bulk>)?,
+        Mode::Churn | Mode::Handshake => {
+            run_threads(&plans, &progress, start, engine::run::<pingpong::Churn>)?
+        }
+        Mode::Probe | Mode::Udp => unreachable!("probe and udp run on their own"),
     };
     Ok(Report {
         mode: cli.mode.name(),
@@ -224,13 +364,17 @@ fn bench<'a>(cli: &'a Cli, addr: &str) -> Result<Report<'a>, String> {
         size,
         duration: start.elapsed(),
         stats,
+        rate: cli.rate.map(|r| (r, cli.duration)),
+        window: None,
     })
 }
 
-fn run_threads<S: Session>(
-    plans: &[Plan],
+/// Runs `work` on one thread per plan, prints progress on a terminal, merges the results.
+fn run_threads<P: Sync>(
+    plans: &[P],
     progress: &Progress,
     start: Instant,
+    work: fn(&P, &Progress) -> Stats,
 ) -> Result<Stats, String> {
     let show_progress = std::io::stderr().is_terminal();
     std::thread::scope(|scope| {
@@ -241,7 +385,7 @@ fn run_threads<S: Session>(
             let h = std::thread::Builder::new()
                 .name(format!("bench-{t}"))
                 .spawn_scoped(scope, move || {
-                    let stats = engine::run::<S>(plan, progress);
+                    let stats = work(plan, progress);
                     drop(done);
                     stats
                 })
@@ -273,7 +417,6 @@ fn run_threads<S: Session>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn verify_cli() {

@@ -11,20 +11,29 @@
 //! driven again after the next `epoll_wait`, so one fast connection cannot starve the rest or
 //! make the loop miss the deadline.
 //!
+//! Open loop: a session that must not send before a scheduled instant returns
+//! [`Flow::Sleep`]; the loop keeps those instants in a heap, bounds `epoll_wait` by the
+//! earliest (nanosecond resolution, epoll_pwait2), and drives each session when it is due.
+//!
 //! Time: no new work starts after the deadline (`--duration`); work in flight finishes.
 //! A connection that makes no progress for `--timeout` is a stall error, and whatever is still
 //! open `--timeout` after the deadline is closed as a stall. So a thread always returns by
 //! `deadline + timeout` (plus one `epoll_wait` tick), whatever the server does.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use epoll_echo::sys::{EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Event};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use rustls::ClientConnection;
+
 use crate::report::{ErrorKind, Failure, Progress, Stats};
+use crate::sys::{EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Event};
+use crate::tls::{Conn, Tls};
 
 /// How often the loop wakes to check stalls and publish progress, even with no events.
 const TICK: Duration = Duration::from_millis(100);
@@ -46,6 +55,9 @@ pub enum Flow {
     Wait,
     /// Still has work it could do now; drive again after the next `epoll_wait`.
     Yield,
+    /// Nothing to do before this instant (open loop: the next send is scheduled then); the
+    /// engine drives the session again at that time, or on an edge before it.
+    Sleep(Instant),
     /// Finished cleanly (the server closed after echoing everything): drop the socket.
     Done,
 }
@@ -55,7 +67,8 @@ pub trait Session {
     /// A freshly connected socket: connection `id`, its `attempt`-th socket (churn
     /// reconnects); `began` is when connect(2) was called.
     fn start(id: u64, attempt: u32, began: Instant, plan: &Plan) -> Self;
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure>;
+    /// Moves bytes over `s` (plain TCP or TLS, see [`crate::tls::Conn`]).
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure>;
 }
 
 /// What one thread runs.
@@ -68,6 +81,11 @@ pub struct Plan {
     pub timeout: Duration,
     /// Churn: once a connection is done, open a new one in its place until the deadline.
     pub reconnect: bool,
+    /// Open loop: `(requests per second for the whole run, connections in the run)`; each
+    /// connection sends on its own fixed schedule (see [`crate::pingpong`]).
+    pub rate: Option<(f64, usize)>,
+    /// `--tls`: every connection runs a TLS client over its socket.
+    pub tls: Option<Tls>,
 }
 
 struct Live<S> {
@@ -76,6 +94,8 @@ struct Live<S> {
     last_progress: Instant,
     /// `None` while connect(2) is in progress.
     session: Option<S>,
+    /// `--tls`: the client side of the TLS session (created when connect(2) completes).
+    tls: Option<ClientConnection>,
 }
 
 struct Slot<S> {
@@ -122,6 +142,8 @@ struct Worker<'p, S> {
     stopping: bool,
     /// Slots that yielded: driven again after the next wait.
     again: Vec<u64>,
+    /// Slots asleep until a scheduled send, earliest first.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
 impl<S: Session> Worker<'_, S> {
@@ -137,6 +159,7 @@ impl<S: Session> Worker<'_, S> {
                     began,
                     last_progress: began,
                     session: None,
+                    tls: None,
                 });
                 self.open += 1;
             }
@@ -188,23 +211,38 @@ impl<S: Session> Worker<'_, S> {
                     return self.close(idx, Some(Failure::new(ErrorKind::Connect, msg)));
                 }
             }
+            if let Some(tls) = &self.plan.tls {
+                match tls.connect() {
+                    Ok(c) => live.tls = Some(c),
+                    Err(e) => {
+                        let msg = format!("conn {id}: TLS client: {e}");
+                        return self.close(idx, Some(Failure::new(ErrorKind::Tls, msg)));
+                    }
+                }
+            }
             live.session = Some(S::start(id, attempt, live.began, self.plan));
             live.last_progress = Instant::now();
         }
         let session = live.session.as_mut().expect("connected");
+        let mut conn = Conn {
+            sock: &live.stream,
+            tls: live.tls.as_mut(),
+        };
         let mut ctx = Ctx {
             stats: &mut self.stats,
             buf: &mut self.buf,
             stopping: self.stopping,
             moved: false,
         };
-        let flow = session.drive(&live.stream, &mut ctx);
-        if ctx.moved {
+        let flow = session.drive(&mut conn, &mut ctx);
+        // Asleep by choice is not a stall: the clock restarts at the next send.
+        if ctx.moved || matches!(flow, Ok(Flow::Sleep(_))) {
             live.last_progress = Instant::now();
         }
         match flow {
             Ok(Flow::Wait) => {}
             Ok(Flow::Yield) => self.again.push(tok),
+            Ok(Flow::Sleep(at)) => self.timers.push(Reverse((at, tok))),
             Ok(Flow::Done) => self.close(idx, None),
             Err(f) => self.close(idx, Some(f)),
         }
@@ -267,6 +305,7 @@ pub fn run<S: Session>(plan: &Plan, progress: &Progress) -> Stats {
         buf: vec![0u8; 64 * 1024],
         stopping: false,
         again: Vec::new(),
+        timers: BinaryHeap::new(),
     };
     for idx in 0..w.slots.len() {
         w.connect(idx);
@@ -304,10 +343,13 @@ pub fn run<S: Session>(plan: &Plan, progress: &Progress) -> Stats {
         if !w.stopping {
             wait = wait.min(plan.deadline.saturating_duration_since(now));
         }
+        if let Some(Reverse((at, _))) = w.timers.peek() {
+            wait = wait.min(at.saturating_duration_since(now));
+        }
         if !w.again.is_empty() {
             wait = Duration::ZERO;
         }
-        let n = match w.epoll.wait(&mut events, Some(wait)) {
+        let n = match w.epoll.wait(&mut events, wait) {
             Ok(n) => n,
             Err(e) => {
                 let f = Failure::new(ErrorKind::Io, format!("epoll_wait: {e}"));
@@ -320,6 +362,14 @@ pub fn run<S: Session>(plan: &Plan, progress: &Progress) -> Stats {
             w.handle(ev.token());
         }
         for tok in again {
+            w.handle(tok);
+        }
+        let now = Instant::now();
+        while let Some(&Reverse((at, tok))) = w.timers.peek() {
+            if at > now {
+                break;
+            }
+            w.timers.pop();
             w.handle(tok);
         }
     }

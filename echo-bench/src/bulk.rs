@@ -9,12 +9,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::time::Instant;
 
 use crate::engine::{Ctx, Flow, Plan, Session};
 use crate::pattern::{ByteStream, seed};
 use crate::report::{ErrorKind, Failure};
+use crate::tls::Conn;
 
 /// Reads + writes per drive before yielding to the thread's other connections.
 const BATCH: u32 = 64;
@@ -49,8 +49,7 @@ impl Session for Bulk {
         }
     }
 
-    fn drive(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
-        let mut s = s;
+    fn drive(&mut self, s: &mut Conn<'_>, ctx: &mut Ctx<'_>) -> Result<Flow, Failure> {
         for _ in 0..BATCH {
             let mut blocked = true;
             if !ctx.stopping {
@@ -73,8 +72,7 @@ impl Session for Bulk {
                     Err(e) => return Err(self.fail("write", &e)),
                 }
             } else if self.echoed == self.written && !self.closing {
-                s.shutdown(std::net::Shutdown::Write)
-                    .map_err(|e| self.fail("shutdown", &e))?;
+                s.shutdown_write().map_err(|e| self.fail("shutdown", &e))?;
                 self.closing = true;
             }
             match s.read(ctx.buf) {
