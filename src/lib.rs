@@ -2,16 +2,20 @@
 //!
 //! The modules read top-down:
 //! [`cli`] (flags) → [`server`] (spawns and joins workers, owns shutdown) →
-//! [`worker`] (one thread: SO_REUSEPORT listener + private epoll + wake pipe) →
-//! [`conn`] (one client: pending output, flags) → [`sys`] (the only place that calls libc).
+//! [`worker`] (one thread: SO_REUSEPORT listener + private epoll + wake pipe; its rooms:
+//! event loop, accept, table, service, drain, idle) → [`conn`] (one client as a state machine
+//! without IO: bytes and readiness in, actions out) → [`sys`] (the only place that calls libc).
+//! [`shared`] is what the server and its workers share; [`sim`] drives `conn` and the worker's
+//! table/drain logic against fake sockets (the simulator, also used by the fuzz target).
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod conn;
 pub mod duration;
-pub mod idle;
 pub mod log;
 pub mod server;
+pub mod shared;
+// pub mod sim;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;

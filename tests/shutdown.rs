@@ -152,7 +152,6 @@ fn signal_right_at_startup_still_shuts_down_gracefully() {
 /// arrives: every message sent after the signal is echoed, and it gets EOF only once it has
 /// gone quiet.
 #[test]
-#[ignore = "bug 2 (issue 9): fails before the fix in the following commits"]
 fn a_client_talking_every_20ms_is_served_until_it_goes_quiet() {
     for attempt in 0..3 {
         let mut srv = ServerProc::start(&["--maxListeners", "1", "--shutdown-timeout", "20s"]);

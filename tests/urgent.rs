@@ -44,7 +44,6 @@ fn expect_echo(s: &mut TcpStream, want: &[u8], what: &str) {
 }
 
 #[test]
-#[ignore = "bug 1 (issue 9): fails before the fix in the following commits"]
 fn urgent_byte_between_data_is_echoed_in_order() {
     let srv = ServerProc::start(&["--maxListeners", "2"]);
     for round in 0..150 {
@@ -79,7 +78,6 @@ fn urgent_byte_between_data_is_echoed_in_order() {
 }
 
 #[test]
-#[ignore = "bug 1 (issue 9): fails before the fix in the following commits"]
 fn urgent_byte_then_half_close_gets_the_whole_echo() {
     let srv = ServerProc::start(&["--maxListeners", "1"]);
     for round in 0..50 {
