@@ -93,3 +93,37 @@ fn urgent_byte_then_half_close_gets_the_whole_echo() {
         assert_eq!(got, b"xyUz", "round {round}");
     }
 }
+
+/// With `--splice` a bulk stream is spliced, and splice(2) will not move an urgent byte at the
+/// head of the queue (it reports EAGAIN): after EPOLLPRI the copy path must take over.
+#[test]
+fn urgent_byte_inside_a_spliced_bulk_stream() {
+    let srv = ServerProc::start(&["--maxListeners", "1", "--splice"]);
+    for round in 0..20 {
+        let mut s = connect(srv.addr);
+        let head = pattern(300_000, round);
+        let tail = pattern(70_000, round + 100);
+        let mut want = head.clone();
+        want.push(b'#');
+        want.extend_from_slice(&tail);
+        let w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            (&w).write_all(&head).unwrap();
+            send_urgent(&w, b'#');
+            (&w).write_all(&tail).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = s.read_to_end(&mut got);
+        writer.join().unwrap();
+        assert!(
+            r.is_ok(),
+            "round {round}: {r:?} after {} of {} bytes",
+            got.len(),
+            want.len()
+        );
+        assert_eq!(got.len(), want.len(), "round {round}");
+        assert!(got == want, "round {round}: echo differs");
+    }
+}

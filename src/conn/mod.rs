@@ -250,7 +250,7 @@ pub enum SendResult {
 /// The outcome of one socket → pipe → socket echo.
 #[derive(Debug, Clone, Copy)]
 pub enum SpliceResult<'a> {
-    /// The splice in found EOF.
+    /// The splice in returned 0: EOF, or stopped at an urgent mark (a read decides which).
     Eof,
     /// The splice in found nothing (`EAGAIN`): drained.
     WouldBlock,
@@ -407,8 +407,10 @@ impl Conn {
             if turn.budget == 0 {
                 return Action::Yield;
             }
+            // splice(2) will not move an urgent byte (it stops at the mark): copy meanwhile.
             if turn.splice
                 && self.has(flag::BULK)
+                && !self.has(flag::URGENT)
                 && self.has(flag::WRITABLE)
                 && self.pending.is_empty()
                 && self.layers.is_none()
@@ -540,7 +542,9 @@ impl Conn {
     /// Reports the result of [`Action::Splice`].
     pub fn on_splice(&mut self, turn: &mut Turn, r: SpliceResult<'_>) {
         match r {
-            SpliceResult::Eof => self.on_eof(),
+            // splice(2) also reports 0 when it stops at an urgent mark after the peer's FIN:
+            // let a read tell the real EOF (one more syscall, once per spliced stream).
+            SpliceResult::Eof => self.flags &= !flag::BULK,
             SpliceResult::WouldBlock => self.flags &= !(flag::READABLE | flag::URGENT),
             SpliceResult::Err(ErrorKind::Interrupted) => {}
             SpliceResult::Err(kind) => self.error = Some(kind),

@@ -160,7 +160,7 @@ impl Worker {
         let _ = sys::set_nodelay(fd.as_fd());
         // Urgent bytes are stream bytes: without this, the byte at the mark is lost.
         let _ = sys::set_oobinline(fd.as_fd());
-        let idx = self.table.next_index();
+        let idx = self.conns.next_index();
         let events = sys::EPOLLIN | sys::EPOLLPRI | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLET;
         if let Err(e) = self
             .epoll
@@ -172,10 +172,8 @@ impl Worker {
             self.shared.release();
             return;
         }
-        if crate::log::enabled(Level::Debug) {
-            log!(Level::Debug, "accept {}", peer(&fd));
-        }
-        let stored = self.table.insert(fd, Conn::new(self.clock.tick));
+        log!(Level::Debug, "accept {}", peer(&fd));
+        let stored = self.conns.insert(fd, Conn::new(self.clock.tick));
         debug_assert_eq!(stored, idx);
     }
 

@@ -7,7 +7,9 @@
 //! - [`event_loop`]: `epoll_wait`, token dispatch, the run queue, timers;
 //! - [`accept`]: the listener, accepting and admission (`--max-connections`, the EMFILE
 //!   reserve, rate-limited refusals) — per-client admission rules plug in at `admit`;
-//! - [`table`]: slab slots + activity list + run queue, generic over the socket handle;
+//! - [`conns`]: the connections and their scheduling (run queue, idle timeout, drain) without
+//!   fds, so the simulator drives the same code; [`table`]: slab slots + activity list + run
+//!   queue, generic over the socket handle;
 //! - [`service`]: one connection's turn, the only place its actions become syscalls;
 //! - [`drain`]: the shutdown rules; [`idle`]: the idle timeout; [`throttle`]: warnings.
 //!
@@ -41,6 +43,7 @@
 //! epoll reports it again while its backlog is not empty.
 
 pub mod accept;
+pub mod conns;
 pub mod drain;
 mod event_loop;
 pub mod idle;
@@ -59,10 +62,8 @@ use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::sys;
 use accept::Acceptor;
-use drain::Drain;
-use idle::IdleTimeout;
+use conns::Conns;
 use service::SplicePipe;
-use table::Table;
 
 /// The worker's one read buffer, shared by all its connections.
 pub const BUF_SIZE: usize = 64 * 1024;
@@ -161,15 +162,10 @@ pub struct Worker {
     epoll: sys::Epoll,
     wake: OwnedFd,
     acceptor: Acceptor,
-    table: Table<OwnedFd>,
-    /// The run queue being served this pass (kept to reuse its allocation).
-    running: Vec<u32>,
+    conns: Conns<OwnedFd>,
     buf: Box<[u8]>,
     pipe: Option<SplicePipe>,
     events: Box<[sys::Event]>,
-    params: Params,
-    idle: IdleTimeout,
-    drain: Option<Drain>,
     counters: Counters,
     clock: Clock,
 }
@@ -206,19 +202,15 @@ impl Worker {
             splice: pipe.is_some(),
         };
         Ok(Worker {
-            idle: IdleTimeout::new(cfg.idle_timeout),
+            conns: Conns::new(params, cfg.idle_timeout),
             cfg,
             shared,
             epoll,
             wake,
             acceptor,
-            table: Table::default(),
-            running: Vec::new(),
             buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
             pipe,
             events: vec![sys::Event::zeroed(); EVENTS].into_boxed_slice(),
-            params,
-            drain: None,
             counters: Counters::default(),
             clock: Clock::new(),
         })
