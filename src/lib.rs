@@ -15,7 +15,7 @@ pub mod duration;
 pub mod log;
 pub mod server;
 pub mod shared;
-// pub mod sim;
+pub mod sim;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
