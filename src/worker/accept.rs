@@ -75,7 +75,14 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// Registers `listener` (level-triggered) under `token`.
+    ///
+    /// Sets SO_OOBINLINE on the listener, whoever created it (a fresh bind or an inherited fd):
+    /// urgent bytes are stream bytes, or the byte at the mark is lost. Accepted sockets inherit
+    /// it (Linux copies the listener's socket flags at accept), so it costs no syscall per client.
     pub fn new(listener: OwnedFd, epoll: &sys::Epoll, token: u64) -> io::Result<Acceptor> {
+        sys::set_oobinline(listener.as_fd()).map_err(|e| {
+            io::Error::new(e.kind(), format!("set SO_OOBINLINE on the listener: {e}"))
+        })?;
         let local_addr = socket2::SockRef::from(&listener)
             .local_addr()?
             .as_socket()
@@ -158,8 +165,6 @@ impl Worker {
         }
         // An echo must not wait for Nagle; failure here only costs latency.
         let _ = sys::set_nodelay(fd.as_fd());
-        // Urgent bytes are stream bytes: without this, the byte at the mark is lost.
-        let _ = sys::set_oobinline(fd.as_fd());
         let idx = self.conns.next_index();
         let events = sys::EPOLLIN | sys::EPOLLPRI | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLET;
         if let Err(e) = self

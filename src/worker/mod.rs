@@ -15,7 +15,7 @@
 //!
 //! # The edge-triggered contract
 //!
-//! Clients are accepted with SO_OOBINLINE (urgent bytes are ordinary stream bytes) and
+//! Clients inherit SO_OOBINLINE from the listener (urgent bytes are ordinary stream bytes) and
 //! registered once, with `EPOLLIN | EPOLLPRI | EPOLLOUT | EPOLLRDHUP | EPOLLET`, never touched
 //! with `epoll_ctl` again. An edge is reported once, so the connection remembers it
 //! ([`crate::conn::Conn::on_readiness`]) until the socket says otherwise:
