@@ -6,7 +6,7 @@ STATIC_TARGET := x86_64-unknown-linux-gnu
 IMAGE ?= epoll-echo:latest
 DOCKER ?= docker
 
-.PHONY: build run test lint fmt clean static check-static check-image docker bench
+.PHONY: build run test lint fmt clean static check-static check-image docker bench soak fuzz
 
 build:
 	$(CARGO) build --release --locked --workspace
@@ -50,3 +50,18 @@ docker:
 bench:
 	$(CARGO) build --release --locked --workspace
 	python3 bench/run.py $(BENCH_ARGS)
+
+## Long runs (not in `make test`): the simulator on random seeds, then hundreds of real clients
+## against the release binary. SOAK_SECS bounds each part (make soak SOAK_SECS=600).
+SOAK_SECS ?= 60
+soak:
+	SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release --locked --test sim sim_soak -- --ignored --nocapture
+	SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release --locked --test soak soak_long -- --ignored --nocapture
+
+## Every fuzz target for FUZZ_SECS each (cargo-fuzz, nightly). Longer: make fuzz FUZZ_SECS=3600.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS = $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+fuzz:
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done

@@ -40,7 +40,7 @@ pub struct Cli {
 
     /// Bytes of unsent echo per client before the server stops reading that client
     /// (backpressure). Accepts k/K (KiB) and m/M (MiB) suffixes.
-    #[arg(long, default_value = "256K", value_name = "BYTES", value_parser = parse_size, allow_hyphen_values = true)]
+    #[arg(long, default_value = "256K", value_name = "BYTES", value_parser = parse_max_pending, allow_hyphen_values = true)]
     pub max_pending: usize,
 
     /// Most open client connections across all workers; extra clients are accepted and closed
@@ -171,6 +171,18 @@ fn parse_max_connections(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--max-pending`: a size of at most [`crate::server::MAX_PENDING_LIMIT`].
+fn parse_max_pending(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if n > crate::server::MAX_PENDING_LIMIT {
+        return Err(format!(
+            "'{s}' is more than the limit of {}M per client",
+            crate::server::MAX_PENDING_LIMIT >> 20
+        ));
+    }
+    Ok(n)
+}
+
 /// Byte sizes: `65536`, `64K`, `1M` (binary units).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -252,6 +264,8 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("lots").is_err());
+        assert_eq!(parse_max_pending("512M"), Ok(512 << 20));
+        assert!(parse_max_pending("513M").is_err());
     }
 
     #[test]

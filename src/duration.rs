@@ -24,7 +24,12 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let value: f64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a duration: use e.g. 30, 500ms, 5s, 2m"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("'{s}': {e}"))
+    let secs = value * scale;
+    if secs >= u64::MAX as f64 {
+        // Longer than a Duration holds: it means "never", so clamp instead of failing.
+        return Ok(Duration::MAX);
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
 }
 
 #[cfg(test)]
@@ -40,6 +45,13 @@ mod tests {
         assert_eq!(parse("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn huge_values_clamp_to_the_longest_duration() {
+        assert_eq!(parse("18446744073709551615s"), Ok(Duration::MAX));
+        assert_eq!(parse("99999999999999999999999h"), Ok(Duration::MAX));
+        assert!(parse("18446744073709500000s").unwrap() < Duration::MAX);
     }
 
     #[test]

@@ -2,21 +2,26 @@
 //!
 //! The modules read top-down:
 //! [`cli`] (flags) → [`server`] (spawns and joins workers, owns shutdown) →
-//! [`worker`] (one thread: SO_REUSEPORT listener + private epoll + wake pipe) →
-//! [`conn`] (one client: pending output, flags) → [`sys`] (the only place that calls libc).
-//! Beside them: [`udp`] (a worker's UDP echo socket, `--udp-port`) and [`rate`] (per-source
-//! token buckets in a bounded table).
+//! [`worker`] (one thread: SO_REUSEPORT listener + private epoll + wake pipe; its rooms:
+//! event loop, accept, table, service, drain, idle) → [`conn`] (one client as a state machine
+//! without IO: bytes and readiness in, actions out) → [`sys`] (the only place that calls libc).
+//! [`shared`] is what the server and its workers share; [`sim`] drives `conn` and the worker's
+//! table/drain logic against fake sockets (the simulator, also used by the fuzz target).
+//! Beside them: [`udp`] (a worker's UDP echo socket, `--udp-port`), [`rate`] (per-source
+//! token buckets in a bounded table), [`proxy`] (the PROXY protocol header parser) and
+//! [`limits`] (the global per-IP connection table and accept-rate buckets).
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod conn;
 pub mod duration;
-pub mod idle;
 pub mod limits;
 pub mod log;
 pub mod proxy;
 pub mod rate;
 pub mod server;
+pub mod shared;
+pub mod sim;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;

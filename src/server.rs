@@ -7,21 +7,24 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::log::Level;
+use crate::shared::Shared;
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::udp::UdpConfig;
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{Worker, WorkerConfig, fds_per_worker};
 use crate::{log, sys};
 
-/// Descriptors each worker holds besides its clients: listener, epoll, both wake-pipe ends,
-/// the reserve descriptor.
-pub const FDS_PER_WORKER: u64 = 5;
+/// The largest `--max-pending`: a connection's pending output must stay within what its
+/// buffer's `u32` cursors address (`conn::PENDING_MAX`), with room for a read and growth.
+pub const MAX_PENDING_LIMIT: usize = 512 << 20;
+const _: () =
+    assert!(2 * (MAX_PENDING_LIMIT + crate::worker::BUF_SIZE) <= crate::conn::PENDING_MAX);
+
 /// Descriptors for the rest of the process: stdio, the signal handler's pipe, and headroom.
 pub const FDS_FOR_PROCESS: u64 = 24;
 
@@ -32,6 +35,7 @@ pub struct Config {
     pub port: u16,
     pub workers: usize,
     pub backlog: i32,
+    /// Clamped to [`MAX_PENDING_LIMIT`].
     pub max_pending: usize,
     pub shutdown_timeout: Duration,
     /// `None`: derived from the open-files limit.
@@ -80,15 +84,6 @@ impl Default for Config {
     }
 }
 
-/// State the workers and the shutdown handle share.
-pub struct Shared {
-    stop: AtomicBool,
-    wakers: Vec<OwnedFd>,
-    /// Open client connections across all workers (for `--max-connections`).
-    pub active: AtomicUsize,
-    pub stats: Vec<WorkerStats>,
-}
-
 /// Asks the server to shut down gracefully. Cheap to clone, safe from a signal-handling thread.
 #[derive(Clone)]
 pub struct ShutdownHandle(Arc<Shared>);
@@ -96,12 +91,7 @@ pub struct ShutdownHandle(Arc<Shared>);
 impl ShutdownHandle {
     /// Wakes every worker. Returns `false` if shutdown had already been asked for.
     pub fn shutdown(&self) -> bool {
-        let first = !self.0.stop.swap(true, Ordering::SeqCst);
-        for w in &self.0.wakers {
-            // A full pipe already holds a wake-up; nothing else can fail here.
-            let _ = sys::write(w.as_fd(), &[1]);
-        }
-        first
+        self.0.request_stop()
     }
 }
 
@@ -147,14 +137,7 @@ impl Server {
             wake_readers.push(r);
             wakers.push(w);
         }
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            wakers,
-            active: AtomicUsize::new(0),
-            stats: (0..config.workers)
-                .map(|_| WorkerStats::default())
-                .collect(),
-        });
+        let shared = Arc::new(Shared::new(wakers));
         Ok(Server {
             config,
             shared,
@@ -178,7 +161,8 @@ impl Server {
             sys::ignore_sigpipe();
         }
         let udp_fds = u64::from(config.udp_port.is_some()); // the UDP socket (#12)
-        let reserved = (FDS_PER_WORKER + udp_fds) * config.workers as u64 + FDS_FOR_PROCESS;
+        let reserved =
+            (fds_per_worker(config.splice) + udp_fds) * config.workers as u64 + FDS_FOR_PROCESS;
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| nofile.saturating_sub(reserved).max(1) as usize);
@@ -198,10 +182,9 @@ impl Server {
                 id,
                 addr,
                 backlog: config.backlog,
-                max_pending: config.max_pending,
+                max_pending: config.max_pending.min(MAX_PENDING_LIMIT),
                 max_connections,
-                // Whole seconds, rounded up: the idle list ticks once a second.
-                idle_timeout_secs: config.idle_timeout.as_secs_f64().ceil().min(1e9) as u32,
+                idle_timeout: config.idle_timeout,
                 shutdown_timeout: config.shutdown_timeout,
                 pin_cpu: config.pin_cpus.then_some(id % cpus),
                 splice: config.splice,
@@ -331,9 +314,19 @@ impl Running {
     }
 
     /// Waits until every worker has finished its graceful shutdown.
-    pub fn wait(self) -> io::Result<Summary> {
+    pub fn wait(mut self) -> io::Result<Summary> {
+        let result = self.join_all();
+        result?;
+        Ok(Summary {
+            totals: stats::total(&self.shared.stats),
+            duration: self.started.elapsed(),
+        })
+    }
+
+    /// Joins the workers and the stats thread; the first worker error wins.
+    fn join_all(&mut self) -> io::Result<()> {
         let mut result = Ok(());
-        for (id, w) in self.workers.into_iter().enumerate() {
+        for (id, w) in std::mem::take(&mut self.workers).into_iter().enumerate() {
             let r = match w.join() {
                 Ok(r) => r,
                 Err(_) => Err(io::Error::other(format!("worker {id} panicked"))),
@@ -344,14 +337,22 @@ impl Running {
                 result = Err(e);
             }
         }
-        if let Some((tx, handle)) = self.stats_thread {
+        if let Some((tx, handle)) = self.stats_thread.take() {
             drop(tx);
             let _ = handle.join();
         }
-        result?;
-        Ok(Summary {
-            totals: stats::total(&self.shared.stats),
-            duration: self.started.elapsed(),
-        })
+        result
+    }
+}
+
+/// A `Running` dropped without [`Running::wait`] (an embedder's early return, a failing test)
+/// shuts its workers down gracefully and joins them, instead of leaving them serving.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.workers.is_empty() && self.stats_thread.is_none() {
+            return;
+        }
+        self.shared.request_stop();
+        let _ = self.join_all();
     }
 }

@@ -42,6 +42,7 @@ fn owned(fd: RawFd) -> OwnedFd {
 
 pub const EPOLLIN: u32 = libc::EPOLLIN as u32;
 pub const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+pub const EPOLLPRI: u32 = libc::EPOLLPRI as u32;
 pub const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
 pub const EPOLLERR: u32 = libc::EPOLLERR as u32;
 pub const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
@@ -175,6 +176,20 @@ pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
         fd.as_raw_fd(),
         libc::IPPROTO_TCP,
         libc::TCP_NODELAY,
+        (&one as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+/// Sets `SO_OOBINLINE`: urgent (MSG_OOB) bytes stay in the stream, in order, instead of being
+/// set aside where a plain read never sees them.
+pub fn set_oobinline(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_OOBINLINE,
         (&one as *const libc::c_int).cast(),
         std::mem::size_of::<libc::c_int>() as libc::socklen_t
     ))?;

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ fn bad_values_exit_2_naming_the_flag() {
         (&["--max-pending", "-1"], "--max-pending"),
         (&["--max-pending", "0"], "--max-pending"),
         (&["--max-pending", "lots"], "--max-pending"),
+        (&["--max-pending", "1G"], "--max-pending"),
         (&["--max-connections", "0"], "--max-connections"),
         (&["--max-connections", "-5"], "--max-connections"),
         (&["--idle-timeout", "soon"], "--idle-timeout"),
@@ -216,4 +218,32 @@ fn verbose_logs_each_connection_with_its_address() {
         "{}",
         srv.stderr()
     );
+}
+
+/// Timeouts too long to add to a clock are clamped ("never"), not an overflow panic: the server
+/// serves, drains and exits 0 with either flag at the largest values.
+#[test]
+fn huge_timeouts_neither_overflow_nor_panic() {
+    // The first is clamped at parse time; the second (the largest f64 below 2^64 s) parses,
+    // and overflowed "now + timeout" before (exit 134 on SIGTERM).
+    for value in ["18446744073709551615s", "18446744073709549568s"] {
+        let mut srv = ServerProc::start(&[
+            "--maxListeners",
+            "1",
+            "--idle-timeout",
+            value,
+            "--shutdown-timeout",
+            value,
+        ]);
+        let mut c = connect(srv.addr);
+        c.write_all(b"still here").unwrap();
+        assert_eq!(read_n(&mut c, 10), b"still here", "{value}");
+        srv.signal("TERM");
+        assert!(
+            sees_close(&mut c, Duration::from_secs(5)),
+            "{value}: idle client not closed"
+        );
+        srv.assert_exit(0, Duration::from_secs(5));
+        assert!(!srv.stderr().contains("panicked"), "{}", srv.stderr());
+    }
 }

@@ -135,3 +135,24 @@ fn repeated_shutdown_requests_do_not_spin_the_draining_workers() {
     drop(c);
     running.wait().unwrap();
 }
+
+#[test]
+fn dropping_the_running_server_shuts_its_workers_down() {
+    let config = Config {
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        workers: 2,
+        ..Config::default()
+    };
+    let running = Server::new(config).unwrap().start().unwrap();
+    let addr = running.local_addr();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).unwrap();
+    // Without `wait`: the drop drains and joins the workers.
+    drop(running);
+    assert_eq!(c.read(&mut b).expect("a FIN, not a hang"), 0);
+    assert!(TcpStream::connect(addr).is_err(), "still listening");
+}

@@ -211,3 +211,31 @@ fn descriptors_return_to_baseline() {
         srv.fd_count()
     );
 }
+
+/// The default `--max-connections` is the open-files limit minus what the server holds itself:
+/// that reservation must count every descriptor a worker really holds (splice pipes included).
+#[test]
+fn the_descriptor_budget_counts_every_worker_descriptor() {
+    for splice in [false, true] {
+        let count = |workers: &str| {
+            let mut args = vec!["--maxListeners", workers];
+            if splice {
+                args.push("--splice");
+            }
+            ServerProc::start(&args).fd_count() as u64
+        };
+        let one = count("1");
+        let four = count("4");
+        let per_worker = epoll_echo::worker::fds_per_worker(splice);
+        assert_eq!(
+            four - one,
+            3 * per_worker,
+            "splice={splice}: each worker holds {} descriptors, the budget reserves {per_worker}",
+            (four - one) / 3
+        );
+        assert!(
+            one - per_worker <= epoll_echo::server::FDS_FOR_PROCESS,
+            "splice={splice}: {one} descriptors with one worker"
+        );
+    }
+}

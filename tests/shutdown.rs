@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -144,6 +144,47 @@ fn signal_right_at_startup_still_shuts_down_gracefully() {
     for _ in 0..5 {
         let mut srv = ServerProc::start(&["--maxListeners", "2"]);
         srv.signal("TERM");
+        srv.assert_exit(0, Duration::from_secs(5));
+    }
+}
+
+/// A client that keeps talking (a message every 20 ms) is busy, whatever instant SIGTERM
+/// arrives: every message sent after the signal is echoed, and it gets EOF only once it has
+/// gone quiet.
+#[test]
+fn a_client_talking_every_20ms_is_served_until_it_goes_quiet() {
+    for attempt in 0..3 {
+        let mut srv = ServerProc::start(&["--maxListeners", "1", "--shutdown-timeout", "20s"]);
+        let mut s = connect(srv.addr);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let talk = |s: &mut TcpStream, i: u32| {
+            let msg = format!("message {i:05}\n");
+            s.write_all(msg.as_bytes()).unwrap();
+            let mut got = vec![0u8; msg.len()];
+            s.read_exact(&mut got)
+                .unwrap_or_else(|e| panic!("attempt {attempt}, message {i}: {e}"));
+            assert_eq!(got, msg.as_bytes(), "attempt {attempt}, message {i}");
+            std::thread::sleep(Duration::from_millis(20)); // the client's pace, not sync
+        };
+        for i in 0..10 {
+            talk(&mut s, i);
+        }
+        srv.signal("TERM");
+        // 1.5 s of talking after the signal: a quiet period is per connection, not per tick.
+        let t = Instant::now();
+        let mut i = 10;
+        while t.elapsed() < Duration::from_millis(1500) {
+            talk(&mut s, i);
+            i += 1;
+        }
+        // Now quiet: EOF comes, without a reset, and the server exits 0.
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).expect("FIN after going quiet"), 0);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "closed {:?} after the signal",
+            t.elapsed()
+        );
         srv.assert_exit(0, Duration::from_secs(5));
     }
 }

@@ -1,0 +1,577 @@
+//! One client connection as a state machine without IO (sans-IO, in the manner of
+//! quinn-proto's `Connection` and rustls's `ServerConnection`).
+//!
+//! [`Conn`] holds no fd, calls no libc and reads no clock. The worker tells it what happened
+//! and asks it what to do next; the worker is the only place that turns the answers into
+//! syscalls (`worker::service`), and the simulator (`sim`) and the fuzz target drive the very
+//! same machine against a fake socket.
+//!
+//! # The API, one turn of one connection
+//!
+//! ```text
+//! conn.on_readiness(Readiness)            // an epoll edge: readable/writable/rdhup/pri/hup/err
+//! let mut turn = Turn::new(&params, now); // per-turn budget and time, owned by the worker
+//! loop {
+//!     match conn.poll(&mut turn) {
+//!         Action::Read          => read(fd, &mut buf[..turn.read_len()])  → conn.on_read(&mut turn, ReadResult)
+//!         Action::SendInput(r)  => send(fd, &buf[r])     → conn.on_send_input(&mut turn, SendResult, &buf[r])
+//!         Action::Send          => send(fd, conn.transmit()) → conn.on_sent(&mut turn, SendResult)
+//!         Action::Splice        => socket → pipe → socket   → conn.on_splice(&mut turn, SpliceResult)
+//!         Action::Yield         => budget spent, still readable: run again after the others
+//!         Action::Wait          => nothing until the next edge (or a timer the worker keeps)
+//!         Action::Close(reason) => close the fd (FIN, or RST if input is left unread)
+//!     }
+//! }
+//! ```
+//!
+//! The fast path is unchanged from the copy-free echo: one `read` into the worker's one buffer,
+//! one `send` straight from it ([`Action::SendInput`]); only the unsent tail is copied into
+//! [`Pending`]. A read shorter than asked empties the receive queue unless the peer hung up
+//! (then read on to EOF) or urgent data was flagged (a read stops at the urgent mark, so after
+//! `EPOLLPRI` only `EAGAIN` counts as drained). Reading stops while pending output is above
+//! `max_pending` (backpressure) and after `budget` bytes in one turn (fairness).
+//!
+//! # Time
+//!
+//! Time is passed in as [`Tick`]s (100 ms) since the worker started; the connection records the
+//! tick of its last byte in either direction ([`Conn::last_active`]). The worker's idle timeout
+//! and shutdown drain read it: both are per connection ("quiet since its own last byte").
+//!
+//! # Stages: PROXY header, TLS, banner (the seam)
+//!
+//! - [`Conn::push_stage`] adds a [`Stage`] in front of the echo. Input goes through the stages
+//!   first; a stage answers [`Flow`]: `Hold` (consumed it all: TLS, which decrypts, echoes and
+//!   encrypts inside its session and pushes ciphertext to the pending output), `Pass(n)` (done
+//!   after a prefix: a PROXY header; `data[n..]` is echoed and the stage is dropped, so the
+//!   connection is back on the fast path), `Finish` (send what is pending, then close: a TLS
+//!   alert), `Reject(reason)` (close at once, nothing more sent: a bad PROXY header). Stage
+//!   output never takes the fast path. A connection with a stage never splices.
+//! - [`Conn::queue_output`] queues bytes to send before any echo (a banner). The socket is
+//!   registered writable, so the first edge sends it.
+//! - [`Params::read_len`] is the read size (the buffer size by default; an MSS-sized read
+//!   would set it per worker); "short read" is measured against it.
+//!
+//! A plain connection pays one null pointer for all of this: `Option<Box<Layers>>`.
+
+mod pending;
+mod stage;
+
+use std::fmt;
+use std::io::ErrorKind;
+use std::ops::Range;
+use std::time::Duration;
+
+pub use pending::{MAX as PENDING_MAX, Pending};
+use stage::Layers;
+pub use stage::{Flow, Stage};
+
+/// Coarse time: 100 ms units since the worker started (u32: 13 years before it wraps).
+pub type Tick = u32;
+/// The length of one [`Tick`].
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Whole ticks in `d`, rounded up, saturating (a huge timeout means "never").
+pub fn ticks_ceil(d: Duration) -> u64 {
+    let t = TICK.as_nanos();
+    u64::try_from(d.as_nanos().div_ceil(t)).unwrap_or(u64::MAX)
+}
+
+/// Bytes moved per splice: the same as one buffered read, so the memory bound is unchanged.
+pub const SPLICE_LEN: usize = 64 * 1024;
+/// A splice that moves less than this ends the bulk mode: small messages are cheaper copied.
+pub const SPLICE_MIN: usize = 4096;
+
+/// Readiness reported by the poller (the worker maps epoll bits onto these).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness(u8);
+
+impl Readiness {
+    pub const READABLE: Readiness = Readiness(1);
+    pub const WRITABLE: Readiness = Readiness(2);
+    /// The peer shut its sending side (EPOLLRDHUP).
+    pub const RDHUP: Readiness = Readiness(4);
+    /// Urgent data arrived (EPOLLPRI); with SO_OOBINLINE it is an ordinary byte in the stream.
+    pub const PRI: Readiness = Readiness(8);
+    /// Both directions are gone (EPOLLHUP).
+    pub const HUP: Readiness = Readiness(16);
+    /// A pending socket error (EPOLLERR): the next read or send reports it.
+    pub const ERR: Readiness = Readiness(32);
+
+    pub const fn empty() -> Readiness {
+        Readiness(0)
+    }
+
+    pub const fn contains(self, other: Readiness) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub const fn from_bits(bits: u8) -> Readiness {
+        Readiness(bits & 63)
+    }
+}
+
+impl std::ops::BitOr for Readiness {
+    type Output = Readiness;
+    fn bitor(self, o: Readiness) -> Readiness {
+        Readiness(self.0 | o.0)
+    }
+}
+
+/// Per-worker settings every turn uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// Stop reading while more than this is pending (`--max-pending`).
+    pub max_pending: usize,
+    /// Bytes asked for per read (at most the worker's buffer).
+    pub read_len: usize,
+    /// Bytes read from one connection per turn before the others get theirs.
+    pub budget: usize,
+    /// The worker has a splice pipe (`--splice`).
+    pub splice: bool,
+}
+
+/// One turn of one connection: its time, its read budget, and what it moved.
+#[derive(Debug)]
+pub struct Turn {
+    now: Tick,
+    read_len: usize,
+    budget: usize,
+    max_pending: usize,
+    splice: bool,
+    input: Option<Range<usize>>,
+    /// Bytes read this turn.
+    pub read: usize,
+    /// Bytes sent this turn.
+    pub written: usize,
+}
+
+impl Turn {
+    pub fn new(p: &Params, now: Tick) -> Turn {
+        Turn {
+            now,
+            read_len: p.read_len,
+            budget: p.budget,
+            max_pending: p.max_pending,
+            splice: p.splice,
+            input: None,
+            read: 0,
+            written: 0,
+        }
+    }
+
+    /// How many bytes [`Action::Read`] should ask for.
+    pub fn read_len(&self) -> usize {
+        self.read_len
+    }
+
+    pub fn now(&self) -> Tick {
+        self.now
+    }
+
+    /// Call when the splice pipe is gone (a splice error left it in an unknown state).
+    pub fn disable_splice(&mut self) {
+        self.splice = false;
+    }
+}
+
+/// What the worker should do next for this connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Read up to [`Turn::read_len`] bytes into the worker's buffer; report with `on_read`.
+    Read,
+    /// Send `buf[range]` — the bytes just read — straight from the worker's buffer; report with
+    /// `on_send_input` (the zero-copy fast path).
+    SendInput(Range<usize>),
+    /// Send [`Conn::transmit`]; report with `on_sent`.
+    Send,
+    /// Echo up to [`SPLICE_LEN`] bytes socket → pipe → socket; report with `on_splice`. The
+    /// pipe must be empty again when the worker reports.
+    Splice,
+    /// Still readable, but this turn's budget is spent: serve it again after the others.
+    Yield,
+    /// Nothing to do until the next readiness edge.
+    Wait,
+    /// Close the connection.
+    Close(CloseReason),
+}
+
+/// Why a connection was closed (for the debug log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client finished (EOF) and got its whole echo.
+    Finished,
+    /// A read or send failed (reset, EPIPE, ...).
+    Error(ErrorKind),
+    /// A stage refused the connection.
+    Rejected(&'static str),
+    /// No traffic for `--idle-timeout`.
+    Idle,
+    /// Shutting down, and the connection was quiet.
+    Quiet,
+    /// Shutting down, and `--shutdown-timeout` passed.
+    ShutdownTimeout,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Finished => f.write_str("client finished"),
+            CloseReason::Error(kind) => write!(f, "{kind}"),
+            CloseReason::Rejected(why) => write!(f, "rejected: {why}"),
+            CloseReason::Idle => f.write_str("idle timeout"),
+            CloseReason::Quiet => f.write_str("quiet at shutdown"),
+            CloseReason::ShutdownTimeout => f.write_str("shutdown timeout"),
+        }
+    }
+}
+
+/// The outcome of a read.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadResult<'a> {
+    /// Bytes read (never empty: a read of 0 is `Eof`).
+    Data(&'a [u8]),
+    Eof,
+    WouldBlock,
+    Err(ErrorKind),
+}
+
+/// The outcome of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendResult {
+    Sent(usize),
+    WouldBlock,
+    Err(ErrorKind),
+}
+
+/// The outcome of one socket → pipe → socket echo.
+#[derive(Debug, Clone, Copy)]
+pub enum SpliceResult<'a> {
+    /// The splice in returned 0: EOF, or stopped at an urgent mark (a read decides which).
+    Eof,
+    /// The splice in found nothing (`EAGAIN`): drained.
+    WouldBlock,
+    /// The splice in failed.
+    Err(ErrorKind),
+    /// `read` bytes came in, `sent` went out; `unsent` (read − sent bytes) was copied out of
+    /// the pipe; `failed`: the splice out failed (the unsent bytes were discarded).
+    Moved {
+        read: usize,
+        sent: usize,
+        unsent: &'a [u8],
+        failed: Option<ErrorKind>,
+    },
+}
+
+/// Readiness and lifecycle bits.
+mod flag {
+    /// An edge said readable and no read has said drained since.
+    pub const READABLE: u8 = 1;
+    /// The socket took everything offered since the last EPOLLOUT edge.
+    pub const WRITABLE: u8 = 2;
+    /// The peer shut its write side: read to EOF, a short read is not enough.
+    pub const RDHUP: u8 = 4;
+    /// Read returned EOF: close once the pending output is sent.
+    pub const EOF: u8 = 8;
+    /// Urgent data was flagged: a read stops at the mark, so only EAGAIN means drained.
+    pub const URGENT: u8 = 16;
+    /// A read filled the buffer: a bulk stream (spliced with `--splice`).
+    pub const BULK: u8 = 32;
+    /// A stage asked to finish: read nothing more, send what is pending, close.
+    pub const FINISHING: u8 = 64;
+}
+
+/// One client connection (40 bytes; see the module header for the API).
+#[derive(Debug)]
+pub struct Conn {
+    pending: Pending,
+    layers: Option<Box<Layers>>,
+    last_active: Tick,
+    flags: u8,
+    error: Option<ErrorKind>,
+}
+
+impl Conn {
+    /// A plain echo connection accepted at `now`. It starts writable (a fresh socket has room).
+    pub fn new(now: Tick) -> Conn {
+        Conn {
+            pending: Pending::default(),
+            layers: None,
+            last_active: now,
+            flags: flag::WRITABLE,
+            error: None,
+        }
+    }
+
+    /// Adds a stage after the ones already there (see the module header).
+    pub fn push_stage(&mut self, stage: Box<dyn Stage>) {
+        self.layers.get_or_insert_with(Default::default).push(stage);
+    }
+
+    /// Queues bytes to send before any echo (a banner). Sent on the first writable edge.
+    pub fn queue_output(&mut self, data: &[u8]) {
+        self.pending.push(data);
+    }
+
+    #[inline]
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    /// The tick of the last byte moved in either direction (or of the accept).
+    pub fn last_active(&self) -> Tick {
+        self.last_active
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Heap bytes held for pending output.
+    pub fn pending_capacity(&self) -> usize {
+        self.pending.capacity()
+    }
+
+    /// An edge said readable and no read has reported the socket drained since.
+    pub fn is_readable(&self) -> bool {
+        self.has(flag::READABLE)
+    }
+
+    /// The socket took everything offered since the last writable edge.
+    pub fn is_writable(&self) -> bool {
+        self.has(flag::WRITABLE)
+    }
+
+    /// The peer's EOF was read.
+    pub fn saw_eof(&self) -> bool {
+        self.has(flag::EOF)
+    }
+
+    /// Nothing pending and nothing known unread: only new input (an edge) can change that.
+    pub fn is_drained(&self) -> bool {
+        self.pending.is_empty() && !self.has(flag::READABLE)
+    }
+
+    /// True when reading is held back by the pending cap (backpressure).
+    pub fn is_backpressured(&self, max_pending: usize) -> bool {
+        self.pending.len() > max_pending
+    }
+
+    /// Records one readiness report.
+    pub fn on_readiness(&mut self, r: Readiness) {
+        let any = |bits: Readiness| r.contains(bits);
+        if any(Readiness::READABLE
+            | Readiness::RDHUP
+            | Readiness::HUP
+            | Readiness::ERR
+            | Readiness::PRI)
+        {
+            self.flags |= flag::READABLE;
+        }
+        if any(Readiness::PRI) {
+            self.flags |= flag::URGENT;
+        }
+        if any(Readiness::RDHUP | Readiness::HUP) {
+            self.flags |= flag::RDHUP;
+        }
+        if any(Readiness::WRITABLE | Readiness::ERR | Readiness::HUP) {
+            self.flags |= flag::WRITABLE;
+        }
+    }
+
+    /// What to do next (see [`Action`]). Call again after reporting each action's result.
+    pub fn poll(&mut self, turn: &mut Turn) -> Action {
+        if let Some(kind) = self.error {
+            return Action::Close(CloseReason::Error(kind));
+        }
+        if let Some(why) = self.layers.as_ref().and_then(|l| l.rejected()) {
+            return Action::Close(CloseReason::Rejected(why));
+        }
+        if let Some(r) = &turn.input {
+            return Action::SendInput(r.clone());
+        }
+        if !self.pending.is_empty() && self.has(flag::WRITABLE) {
+            return Action::Send;
+        }
+        if self.pending.is_empty() && self.has(flag::EOF | flag::FINISHING) {
+            return Action::Close(CloseReason::Finished);
+        }
+        if self.has(flag::READABLE)
+            && !self.has(flag::EOF | flag::FINISHING)
+            && self.pending.len() <= turn.max_pending
+        {
+            if turn.budget == 0 {
+                return Action::Yield;
+            }
+            // splice(2) will not move an urgent byte (it stops at the mark): copy meanwhile.
+            if turn.splice
+                && self.has(flag::BULK)
+                && !self.has(flag::URGENT)
+                && self.has(flag::WRITABLE)
+                && self.pending.is_empty()
+                && self.layers.is_none()
+            {
+                return Action::Splice;
+            }
+            return Action::Read;
+        }
+        Action::Wait
+    }
+
+    fn moved(&mut self, turn: &mut Turn, read: usize, written: usize) {
+        turn.read += read;
+        turn.written += written;
+        turn.budget = turn.budget.saturating_sub(read);
+        if read + written > 0 {
+            self.last_active = turn.now;
+        }
+    }
+
+    /// Reports the result of [`Action::Read`].
+    pub fn on_read(&mut self, turn: &mut Turn, r: ReadResult<'_>) {
+        match r {
+            ReadResult::Data(data) if !data.is_empty() => {
+                let n = data.len();
+                self.moved(turn, n, 0);
+                // A short read emptied the receive queue: the next byte raises a new edge.
+                // Not so after RDHUP (no edge will come) or urgent data (the read stopped at
+                // the mark): then read on until EAGAIN / EOF.
+                if n < turn.read_len && !self.has(flag::RDHUP | flag::URGENT) {
+                    self.flags &= !flag::READABLE;
+                }
+                if n >= turn.read_len {
+                    self.flags |= flag::BULK;
+                }
+                self.accept_input(turn, data);
+            }
+            ReadResult::Data(_) | ReadResult::Eof => self.on_eof(),
+            ReadResult::WouldBlock => self.flags &= !(flag::READABLE | flag::URGENT),
+            ReadResult::Err(ErrorKind::Interrupted) => {}
+            ReadResult::Err(kind) => self.error = Some(kind),
+        }
+    }
+
+    fn on_eof(&mut self) {
+        self.flags = (self.flags | flag::EOF) & !(flag::READABLE | flag::URGENT);
+        if let Some(layers) = self.layers.as_mut() {
+            match layers.eof(&mut self.pending) {
+                Flow::Finish => self.flags |= flag::FINISHING,
+                Flow::Hold | Flow::Pass(_) | Flow::Reject(_) => {}
+            }
+        }
+    }
+
+    /// Routes bytes just read: through the stages, then to the echo — straight from the
+    /// worker's buffer when nothing is queued before them, else into pending output.
+    fn accept_input(&mut self, turn: &mut Turn, data: &[u8]) {
+        let mut start = 0;
+        if let Some(layers) = self.layers.as_mut() {
+            match layers.input(data, &mut self.pending) {
+                Flow::Pass(n) => {
+                    start = n;
+                    if layers.is_empty() {
+                        self.layers = None;
+                    }
+                }
+                Flow::Hold | Flow::Reject(_) => return,
+                Flow::Finish => {
+                    self.flags |= flag::FINISHING;
+                    return;
+                }
+            }
+        }
+        if start == data.len() {
+            return;
+        }
+        if self.pending.is_empty() && self.has(flag::WRITABLE) {
+            turn.input = Some(start..data.len());
+        } else {
+            self.pending.push(&data[start..]);
+        }
+    }
+
+    /// Reports the result of [`Action::SendInput`]; `input` is `buf[range]` as sent.
+    pub fn on_send_input(&mut self, turn: &mut Turn, r: SendResult, input: &[u8]) {
+        let range = turn.input.take().expect("on_send_input without SendInput");
+        debug_assert_eq!(range.len(), input.len());
+        match r {
+            SendResult::Sent(w) => {
+                let w = w.min(input.len());
+                self.moved(turn, 0, w);
+                if w < input.len() {
+                    self.flags &= !flag::WRITABLE;
+                    self.pending.push(&input[w..]);
+                }
+            }
+            SendResult::WouldBlock => {
+                self.flags &= !flag::WRITABLE;
+                self.pending.push(input);
+            }
+            SendResult::Err(ErrorKind::Interrupted) => turn.input = Some(range),
+            SendResult::Err(kind) => self.error = Some(kind),
+        }
+    }
+
+    /// The pending bytes to send for [`Action::Send`].
+    pub fn transmit(&self) -> &[u8] {
+        self.pending.as_slice()
+    }
+
+    /// Reports the result of [`Action::Send`].
+    pub fn on_sent(&mut self, turn: &mut Turn, r: SendResult) {
+        match r {
+            SendResult::Sent(w) => {
+                let offered = self.pending.len();
+                let w = w.min(offered);
+                self.pending.consume(w);
+                self.moved(turn, 0, w);
+                if w < offered {
+                    self.flags &= !flag::WRITABLE;
+                }
+            }
+            SendResult::WouldBlock => self.flags &= !flag::WRITABLE,
+            SendResult::Err(ErrorKind::Interrupted) => {}
+            SendResult::Err(kind) => self.error = Some(kind),
+        }
+    }
+
+    /// Reports the result of [`Action::Splice`].
+    pub fn on_splice(&mut self, turn: &mut Turn, r: SpliceResult<'_>) {
+        match r {
+            // splice(2) also reports 0 when it stops at an urgent mark after the peer's FIN:
+            // let a read tell the real EOF (one more syscall, once per spliced stream).
+            SpliceResult::Eof => self.flags &= !flag::BULK,
+            SpliceResult::WouldBlock => self.flags &= !(flag::READABLE | flag::URGENT),
+            SpliceResult::Err(ErrorKind::Interrupted) => {}
+            SpliceResult::Err(kind) => self.error = Some(kind),
+            SpliceResult::Moved {
+                read,
+                sent,
+                unsent,
+                failed,
+            } => {
+                self.moved(turn, read, sent);
+                if sent < read {
+                    self.flags &= !flag::WRITABLE;
+                }
+                if read < SPLICE_MIN {
+                    self.flags &= !flag::BULK;
+                }
+                match failed {
+                    Some(kind) => self.error = Some(kind),
+                    None => {
+                        debug_assert_eq!(unsent.len(), read - sent);
+                        self.pending.push(unsent);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+//! The stage seam: layers that sit between the socket and the echo.
+//!
+//! A stage sees the peer's bytes before the echo does and may answer with bytes of its own.
+//! Stages run in order (e.g. PROXY header → TLS); each one either keeps all the input it is
+//! given ([`Flow::Hold`]: a TLS session that decrypts, echoes and encrypts internally), or is
+//! finished after a prefix ([`Flow::Pass`]: a PROXY header parser that consumed the header; the
+//! rest goes to the next stage, or to the plain echo when none is left, and the stage is
+//! dropped so the connection is back on the zero-copy fast path).
+//!
+//! A stage writes what it wants sent into the connection's [`Pending`] output: it goes out
+//! through the same pending path as a backed-up echo (never the fast path), in order, under the
+//! same `--max-pending` backpressure (reading stops while pending output is above the cap).
+
+use std::fmt;
+
+use super::pending::Pending;
+
+/// What a stage did with the input it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Consumed everything it was given; keep it in place for the next input.
+    Hold,
+    /// Done after the first `n` bytes: the rest goes on to the next stage (or the echo), and
+    /// this stage is removed.
+    Pass(usize),
+    /// Read nothing more: send what is pending (e.g. a TLS alert or close_notify), then close.
+    Finish,
+    /// Close at once, sending nothing more (e.g. an invalid PROXY header). The reason is logged.
+    Reject(&'static str),
+}
+
+/// One layer of a connection. Pure: no fd, no clock; everything arrives as bytes.
+pub trait Stage: Send + fmt::Debug {
+    /// `data` arrived from the peer (after the earlier stages). Queue bytes for the peer with
+    /// `out.push(..)`.
+    fn on_input(&mut self, data: &[u8], out: &mut Pending) -> Flow;
+
+    /// The peer closed its sending side (EOF). Queue any last bytes. `Hold` and `Pass` mean
+    /// "nothing more to add": the connection closes once its pending output is sent.
+    fn on_eof(&mut self, out: &mut Pending) -> Flow {
+        let _ = out;
+        Flow::Hold
+    }
+}
+
+/// The stages of one connection, first to see the input first. Boxed, so a plain connection
+/// pays one null pointer for the seam.
+#[derive(Debug, Default)]
+pub(super) struct Layers {
+    stages: Vec<Box<dyn Stage>>,
+    rejected: Option<&'static str>,
+}
+
+impl Layers {
+    pub(super) fn push(&mut self, stage: Box<dyn Stage>) {
+        self.stages.push(stage);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.stages.is_empty() && self.rejected.is_none()
+    }
+
+    pub(super) fn rejected(&self) -> Option<&'static str> {
+        self.rejected
+    }
+
+    /// Runs `data` through the stages. `Pass(n)`: every stage has finished and `data[n..]` is
+    /// for the echo.
+    pub(super) fn input(&mut self, data: &[u8], out: &mut Pending) -> Flow {
+        let mut off = 0;
+        while let Some(stage) = self.stages.first_mut() {
+            match stage.on_input(&data[off..], out) {
+                Flow::Pass(n) => {
+                    assert!(off + n <= data.len(), "stage passed more than it was given");
+                    off += n;
+                    self.stages.remove(0);
+                }
+                Flow::Reject(why) => {
+                    self.rejected = Some(why);
+                    return Flow::Reject(why);
+                }
+                other => return other,
+            }
+        }
+        Flow::Pass(off)
+    }
+
+    pub(super) fn eof(&mut self, out: &mut Pending) -> Flow {
+        for stage in &mut self.stages {
+            match stage.on_eof(out) {
+                Flow::Reject(why) => {
+                    self.rejected = Some(why);
+                    return Flow::Reject(why);
+                }
+                Flow::Finish => return Flow::Finish,
+                Flow::Hold | Flow::Pass(_) => {}
+            }
+        }
+        Flow::Hold
+    }
+}

@@ -1,0 +1,578 @@
+//! The deterministic simulator: the worker's real connection logic against fake sockets.
+//!
+//! A seeded driver plays clients of random shapes against [`Conns`] (the worker's run queue,
+//! idle timeout and drain), [`service::serve`] (the turn that turns actions into socket calls)
+//! and [`crate::conn::Conn`] — the very code the worker runs — with the kernel replaced by
+//! [`model::SimSocket`]: a receive queue with urgent marks (a read stops at the mark), a send
+//! window (short writes, EAGAIN), EINTR, ECONNRESET/EPIPE, half-close, RDHUP before and after
+//! data, a splice pipe, and an edge-triggered ready list that reports an edge only when Linux
+//! guarantees one. Time is a tick counter; idle timeouts and a shutdown arrive at random moments.
+//!
+//! After every step it checks:
+//! - every echoed byte is the next byte of that client's stream (exactly once, in order), and
+//!   a client that finished got all of it;
+//! - pending output never exceeds `max_pending` + one read (or one splice);
+//! - the splice pipe is empty between calls;
+//! - when the worker would block, no connection has readable input, sendable output or a
+//!   finished stream with nothing (an edge, the run queue, a timer) to wake it;
+//! - closes happen only for a reason that holds (idle long enough, quiet long enough while
+//!   draining, the shutdown timeout), and the drain ends by the timeout;
+//! - the connection table's invariants (activity order, run queue membership).
+//!
+//! Randomness comes from a [`Source`]: a seeded [`Rng`] for `cargo test` and `make soak`, or the
+//! fuzzer's bytes ([`Bytes`]). A failure names its seed; `SIM_SEED=<seed> cargo test --test sim
+//! sim_one` replays it exactly.
+
+pub mod model;
+
+use std::time::Duration;
+
+use crate::conn::{CloseReason, Conn, Params, SPLICE_LEN, TICK, ticks_ceil};
+use crate::worker::conns::Conns;
+use crate::worker::drain::QUIET;
+use crate::worker::service;
+use model::{Peer, SimSocket};
+
+/// Where the simulator's choices come from.
+pub trait Source {
+    fn next(&mut self) -> u64;
+    /// True once a finite source (fuzz input) has run out.
+    fn exhausted(&self) -> bool {
+        false
+    }
+}
+
+/// A seeded xorshift64* generator.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+}
+
+impl Source for Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Fuzz input as a source: 2 bytes per choice; zeros once it runs out.
+pub struct Bytes<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Bytes<'a> {
+    pub fn new(data: &'a [u8]) -> Bytes<'a> {
+        Bytes { data, pos: 0 }
+    }
+}
+
+impl Source for Bytes<'_> {
+    fn next(&mut self) -> u64 {
+        let mut v = 0u64;
+        for _ in 0..2 {
+            let b = self.data.get(self.pos).copied().unwrap_or(0);
+            self.pos += 1;
+            v = v << 8 | u64::from(b);
+        }
+        v
+    }
+    fn exhausted(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+}
+
+fn below(src: &mut impl Source, n: u64) -> u64 {
+    if n == 0 { 0 } else { src.next() % n }
+}
+
+fn pick<T: Copy>(src: &mut impl Source, from: &[T]) -> T {
+    from[below(src, from.len() as u64) as usize]
+}
+
+fn chance(src: &mut impl Source, percent: u64) -> bool {
+    below(src, 100) < percent
+}
+
+/// What a run did (for the soak summary).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Report {
+    pub steps: usize,
+    pub clients: usize,
+    pub bytes_echoed: u64,
+    pub finished: usize,
+    pub quiet: usize,
+    pub idle: usize,
+    pub shutdown_timeout: usize,
+    pub errors: usize,
+}
+
+impl std::ops::AddAssign for Report {
+    fn add_assign(&mut self, o: Report) {
+        self.steps += o.steps;
+        self.clients += o.clients;
+        self.bytes_echoed += o.bytes_echoed;
+        self.finished += o.finished;
+        self.quiet += o.quiet;
+        self.idle += o.idle;
+        self.shutdown_timeout += o.shutdown_timeout;
+        self.errors += o.errors;
+    }
+}
+
+struct World {
+    conns: Conns<u32>,
+    peers: Vec<Peer>,
+    /// Slot index of each peer while the server holds it.
+    slot: Vec<Option<u32>>,
+    pipe: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    now: u32,
+    params: Params,
+    idle_ticks: Option<u64>,
+    shutdown_timeout: Duration,
+    drain_start: Option<u32>,
+    /// Peers whose pipe read was made to fail (their close may be an error).
+    broken_pipe_peer: Option<u32>,
+    /// Most bytes a client writes in total (keeps runs with 1-byte reads short).
+    max_stream: u64,
+    report: Report,
+    step: usize,
+}
+
+/// Runs one seeded simulation of `steps` steps.
+pub fn run_seed(seed: u64, steps: usize) -> Result<Report, String> {
+    run(&mut Rng::new(seed), steps).map_err(|e| format!("seed {seed}: {e}"))
+}
+
+/// Runs a simulation whose choices come from `src`.
+pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
+    let read_len = pick(src, &[1usize, 2, 7, 100, 1460, 4096, 65536]);
+    let budget = read_len * pick(src, &[1usize, 2, 4, 16]);
+    let max_pending = pick(src, &[1usize, 10, 1000, 65536, 262_144]);
+    let splice = chance(src, 30);
+    let idle = match below(src, 3) {
+        0 => Duration::ZERO,
+        _ => TICK * (1 + below(src, 60) as u32),
+    };
+    let shutdown_timeout = pick(
+        src,
+        &[
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+            Duration::MAX,
+        ],
+    );
+    let params = Params {
+        max_pending,
+        read_len,
+        budget,
+        splice,
+    };
+    let mut w = World {
+        conns: Conns::new(params, idle),
+        peers: Vec::new(),
+        slot: Vec::new(),
+        pipe: splice.then(Vec::new),
+        buf: vec![0u8; read_len.max(SPLICE_LEN)],
+        now: below(src, 1000) as u32,
+        params,
+        idle_ticks: (!idle.is_zero()).then(|| ticks_ceil(idle)),
+        shutdown_timeout,
+        drain_start: None,
+        broken_pipe_peer: None,
+        max_stream: (read_len as u64 * 3000).min(8 << 20),
+        report: Report::default(),
+        step: 0,
+    };
+    let ctx = |w: &World, e: String| {
+        format!(
+            "step {}: {e} [read_len={} budget={} max_pending={} splice={} idle={:?} shutdown_timeout={:?}]",
+            w.step, read_len, budget, max_pending, splice, idle, shutdown_timeout
+        )
+    };
+    for step in 0..steps {
+        if src.exhausted() {
+            break;
+        }
+        w.step = step;
+        w.client_actions(src);
+        w.pass(src).map_err(|e| ctx(&w, e))?;
+    }
+    w.finish(src).map_err(|e| ctx(&w, e))?;
+    w.report.steps = w.step + 1;
+    w.report.clients = w.peers.len();
+    Ok(w.report)
+}
+
+impl World {
+    fn open_peers(&self) -> Vec<usize> {
+        (0..self.peers.len())
+            .filter(|&p| self.slot[p].is_some())
+            .collect()
+    }
+
+    fn accept(&mut self, src: &mut impl Source) {
+        let id = self.peers.len() as u32;
+        let rcvbuf = pick(src, &[100usize, 1000, 4096, 65536, 1 << 20]);
+        let mut peer = Peer::new(id, rcvbuf, self.now);
+        peer.stalled_reader = chance(src, 10);
+        self.peers.push(peer);
+        let idx = self.conns.insert(id, Conn::new(self.now));
+        self.slot.push(Some(idx));
+    }
+
+    /// One to three things the clients (or the clock, or the operator) do.
+    fn client_actions(&mut self, src: &mut impl Source) {
+        loop {
+            let open = self.open_peers();
+            let action = below(src, 100);
+            if open.is_empty() || (64..72).contains(&action) {
+                if self.drain_start.is_none() && self.peers.len() < 12 {
+                    self.accept(src);
+                }
+            } else {
+                let p = open[below(src, open.len() as u64) as usize];
+                let peer = &mut self.peers[p];
+                match action {
+                    0..40 => {
+                        let n = match below(src, 100) {
+                            0..70 => 1 + below(src, 100),
+                            70..90 => 100 + below(src, 70_000),
+                            90..99 => 70_000 + below(src, 300_000),
+                            _ => 300_000 + below(src, 1 << 20),
+                        };
+                        let n = n.min(self.max_stream.saturating_sub(peer.sent));
+                        peer.write(n, chance(src, 10));
+                    }
+                    40..58 => {
+                        if !peer.stalled_reader {
+                            let n = if chance(src, 50) {
+                                usize::MAX
+                            } else {
+                                1 + below(src, 100_000) as usize
+                            };
+                            peer.read_echo(n);
+                        }
+                    }
+                    58..61 => peer.shutdown_write(),
+                    61..62 => peer.reset(),
+                    62..64 => peer.reset_before_send = true,
+                    72..76 => {
+                        if chance(src, 50) {
+                            peer.eintr_read = true;
+                        } else {
+                            peer.eintr_send = true;
+                        }
+                    }
+                    76..77 if self.drain_start.is_none() => self.begin_shutdown(),
+                    _ => self.advance_time(src),
+                }
+            }
+            if chance(src, 50) {
+                return;
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.drain_start = Some(self.now);
+        self.conns.begin_drain(self.now, self.shutdown_timeout);
+    }
+
+    /// The worker blocks in epoll_wait: time passes, at most to its next deadline.
+    fn advance_time(&mut self, src: &mut impl Source) {
+        if self.conns.has_queued() {
+            return; // the worker polls without blocking
+        }
+        let dt = match below(src, 10) {
+            0..6 => 1 + below(src, 3),
+            6..9 => 1 + below(src, 15),
+            _ => 20 + below(src, 100),
+        };
+        let mut to = u64::from(self.now) + dt;
+        if let Some(d) = self.conns.next_deadline(self.now)
+            && d > u64::from(self.now)
+            && chance(src, 50)
+        {
+            to = to.min(d);
+        }
+        self.now = to.min(u64::from(u32::MAX - 1)) as u32;
+    }
+
+    /// One pass of the worker's event loop: the ready list, the run queue, the timers.
+    fn pass(&mut self, src: &mut impl Source) -> Result<(), String> {
+        // epoll_wait: every socket on the ready list, in an arbitrary order.
+        let mut ready: Vec<usize> = self
+            .open_peers()
+            .into_iter()
+            .filter(|&p| self.peers[p].edge != crate::conn::Readiness::empty())
+            .collect();
+        for i in (1..ready.len()).rev() {
+            ready.swap(i, below(src, i as u64 + 1) as usize);
+        }
+        for p in ready {
+            let edge = std::mem::take(&mut self.peers[p].edge);
+            if let Some(idx) = self.slot[p] {
+                self.conns.ready(idx, edge);
+            }
+        }
+        let had_pipe = self.pipe.is_some();
+        let break_pipe = had_pipe && chance(src, 1);
+        let mut closed: Vec<(u32, Conn, CloseReason)> = Vec::new();
+        let (peers, pipe, buf, now) = (&mut self.peers, &mut self.pipe, &mut self.buf, self.now);
+        let mut broken_for = None;
+        let mut leftover = None;
+        let mut record = |id: u32, conn: Conn, why: CloseReason| closed.push((id, conn, why));
+        let moved = self.conns.serve_queued(
+            now,
+            |&id, conn, turn| {
+                let mut sock = SimSocket {
+                    peer: &mut peers[id as usize],
+                    pipe,
+                    now,
+                    break_pipe: break_pipe && broken_for.is_none(),
+                };
+                let out = service::serve(conn, &mut sock, turn, buf);
+                if break_pipe && !sock.break_pipe && broken_for.is_none() {
+                    broken_for = Some(id);
+                }
+                if matches!(out, service::Outcome::CloseAndDropPipe(_)) {
+                    *pipe = None; // the worker never splices through it again
+                } else if let Some(p) = pipe.as_ref()
+                    && !p.is_empty()
+                {
+                    leftover.get_or_insert((id, p.len()));
+                }
+                out
+            },
+            &mut record,
+        );
+        if let Some((id, n)) = leftover {
+            return Err(format!(
+                "client {id}: {n} byte(s) left in the splice pipe after a turn"
+            ));
+        }
+        if broken_for.is_some() {
+            self.broken_pipe_peer = broken_for;
+        }
+        if moved.pipe_broken != (had_pipe && self.pipe.is_none()) {
+            return Err("the splice pipe broke but the worker was not told".into());
+        }
+        self.report.bytes_echoed += moved.written;
+        self.conns.on_timers(self.now, &mut record);
+        self.conns.end_batch();
+        for (id, conn, why) in closed {
+            self.on_closed(id, &conn, why)?;
+        }
+        self.check()
+    }
+
+    /// Checks that a close had a reason that holds.
+    fn on_closed(&mut self, id: u32, conn: &Conn, why: CloseReason) -> Result<(), String> {
+        let now = u64::from(self.now);
+        let p = &mut self.peers[id as usize];
+        self.slot[id as usize] = None;
+        p.closed = Some(why);
+        let silent = now - u64::from(p.last_io).min(now);
+        match why {
+            CloseReason::Finished => {
+                self.report.finished += 1;
+                if !(p.shut_wr && p.read_pos == p.sent && p.echoed == p.sent) {
+                    return Err(format!(
+                        "client {id} closed as finished: shut_wr={} sent={} read={} echoed={}",
+                        p.shut_wr, p.sent, p.read_pos, p.echoed
+                    ));
+                }
+            }
+            CloseReason::Error(kind) => {
+                self.report.errors += 1;
+                if !p.reset && self.broken_pipe_peer != Some(id) {
+                    return Err(format!(
+                        "client {id} closed on an error ({kind}) it never caused"
+                    ));
+                }
+            }
+            CloseReason::Rejected(r) => {
+                return Err(format!("client {id} rejected ({r}) without a stage"));
+            }
+            CloseReason::Idle => {
+                self.report.idle += 1;
+                let limit = self.idle_ticks.unwrap_or(u64::MAX);
+                if silent <= limit {
+                    return Err(format!(
+                        "client {id} closed as idle after {silent} tick(s) of silence; the timeout is {limit}"
+                    ));
+                }
+            }
+            CloseReason::Quiet => {
+                self.report.quiet += 1;
+                let need = ticks_ceil(QUIET);
+                if self.drain_start.is_none()
+                    || silent < need
+                    || p.queued() > 0
+                    || conn.pending_len() > 0
+                    || p.echoed != p.read_pos
+                {
+                    return Err(format!(
+                        "client {id} closed as quiet while busy: silent {silent} tick(s) (need {need}), {} unread, {} pending, draining={}",
+                        p.queued(),
+                        conn.pending_len(),
+                        self.drain_start.is_some()
+                    ));
+                }
+            }
+            CloseReason::ShutdownTimeout => {
+                self.report.shutdown_timeout += 1;
+                let start = self.drain_start.map(u64::from);
+                if start.is_none_or(|s| now < s.saturating_add(ticks_ceil(self.shutdown_timeout))) {
+                    return Err(format!(
+                        "client {id} closed by the shutdown timeout before it passed"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The invariants that must hold after every pass.
+    fn check(&self) -> Result<(), String> {
+        self.conns.table().check()?;
+        for p in &self.peers {
+            if let Some(v) = &p.first_violation {
+                return Err(v.clone());
+            }
+        }
+        let cap = self.params.max_pending + self.params.read_len.max(SPLICE_LEN);
+        for (p, slot) in self.slot.iter().enumerate() {
+            let Some(idx) = *slot else { continue };
+            let (_, conn) = self
+                .conns
+                .table()
+                .get(idx)
+                .ok_or("a peer's slot is empty")?;
+            if conn.pending_len() > cap {
+                return Err(format!(
+                    "client {p}: {} byte(s) pending, above the cap {} + one read",
+                    conn.pending_len(),
+                    self.params.max_pending
+                ));
+            }
+        }
+        if let Some(start) = self.drain_start {
+            let end = u64::from(start).saturating_add(ticks_ceil(self.shutdown_timeout));
+            if u64::from(self.now) >= end && self.conns.live() > 0 {
+                return Err(format!(
+                    "{} connection(s) left after the shutdown timeout",
+                    self.conns.live()
+                ));
+            }
+            if self.conns.live() > 0 && self.conns.next_deadline(self.now).is_none() {
+                return Err("draining with no timer armed".into());
+            }
+        }
+        if !self.conns.has_queued() {
+            self.check_nothing_stuck()?;
+        }
+        Ok(())
+    }
+
+    /// The worker would block now: every connection with work must have something to wake it.
+    fn check_nothing_stuck(&self) -> Result<(), String> {
+        for (p, slot) in self.slot.iter().enumerate() {
+            let Some(idx) = *slot else { continue };
+            let peer = &self.peers[p];
+            if peer.edge != crate::conn::Readiness::empty() {
+                continue; // an edge is on the ready list
+            }
+            let (_, conn) = self
+                .conns
+                .table()
+                .get(idx)
+                .ok_or("a peer's slot is empty")?;
+            let unread = peer.queued() > 0 || (peer.shut_wr && !conn.saw_eof()) || peer.reset;
+            let pending = conn.pending_len();
+            let what = if unread && !conn.is_backpressured(self.params.max_pending) {
+                Some("readable input")
+            } else if pending > 0 && peer.window() > 0 {
+                Some("output the socket would take")
+            } else if pending > 0 && !peer.blocked_out {
+                Some("output, and no EPOLLOUT edge will come")
+            } else if conn.saw_eof() && pending == 0 {
+                Some("a finished stream")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(format!(
+                    "client {p} stuck: {what} and nothing will wake it (queued {}, urgent {:?}, shut_wr {}, pending {pending}, window {}, conn {conn:?})",
+                    peer.queued(),
+                    peer.urgent,
+                    peer.shut_wr,
+                    peer.window()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The end: every client stops sending (half-close), reads everything; each must be served
+    /// to the end in a bounded number of passes.
+    fn finish(&mut self, src: &mut impl Source) -> Result<(), String> {
+        for p in &mut self.peers {
+            p.stalled_reader = false;
+            p.shutdown_write();
+        }
+        let mut rounds = 0u64;
+        // Each pass echoes at least min(budget, window) bytes of each stream (windows ≥ 100).
+        let limit = 1000 + 2 * self.max_stream / self.params.budget.clamp(1, 100) as u64;
+        while !self.open_peers().is_empty() {
+            rounds += 1;
+            if rounds > limit {
+                let stuck: Vec<String> = self
+                    .open_peers()
+                    .iter()
+                    .map(|&p| {
+                        let q = &self.peers[p];
+                        let conn = self.slot[p].and_then(|i| self.conns.table().get(i)).map(|(_, c)| c);
+                        format!(
+                            "client {p}: sent {} read {} echoed {} window {} edge {:?} blocked_out {} reset {}, {conn:?}",
+                            q.sent, q.read_pos, q.echoed, q.window(), q.edge, q.blocked_out, q.reset
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "no progress after {limit} passes: {}",
+                    stuck.join("; ")
+                ));
+            }
+            for p in self.open_peers() {
+                self.peers[p].read_echo(usize::MAX);
+            }
+            self.pass(src)?;
+            if !self.conns.has_queued() {
+                self.now = self.now.saturating_add(1);
+            }
+        }
+        for p in &self.peers {
+            let served = matches!(p.closed, Some(CloseReason::Finished | CloseReason::Quiet));
+            if served && !p.reset && p.echoed != p.read_pos {
+                return Err(format!(
+                    "client {}: {} byte(s) read but never echoed",
+                    p.id,
+                    p.read_pos - p.echoed
+                ));
+            }
+        }
+        Ok(())
+    }
+}

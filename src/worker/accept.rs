@@ -1,0 +1,267 @@
+//! The listener, accepting and admission.
+//!
+//! Admission ([`Worker::admit`]) is where a new client is counted against `--max-connections`
+//! (refused clients are accepted and closed at once, so they see EOF instead of hanging in the
+//! backlog), gets its socket options, and is registered with epoll. Per-client rules (a
+//! per-IP table) plug in there, before the connection is stored; whatever they acquire must be
+//! released in [`Worker::close`], the one place every connection leaves through.
+//!
+//! Running out of descriptors (`EMFILE`) is survived with a reserve descriptor; unexpected
+//! accept errors rest the listener briefly instead of spinning. Every warning is rate-limited.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::throttle::Throttled;
+use super::{ACCEPT_BATCH, Token, Worker, WorkerConfig};
+use crate::conn::Conn;
+use crate::log::Level;
+use crate::{log, sys};
+
+/// How long the listener rests when even the reserve descriptor cannot be had.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Creates the listening socket: new → SO_REUSEPORT → nonblocking → bind → listen.
+pub fn listen(cfg: &WorkerConfig) -> io::Result<OwnedFd> {
+    let step = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("worker {}: {what}: {e}", cfg.id))
+    };
+    let domain = Domain::for_address(cfg.addr);
+    let socket = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
+        .map_err(|e| step("create socket", e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| step("set SO_REUSEADDR", e))?;
+    socket
+        .set_reuse_port(true)
+        .map_err(|e| step("set SO_REUSEPORT", e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| step("set O_NONBLOCK", e))?;
+    socket
+        .bind(&cfg.addr.into())
+        .map_err(|e| step(&format!("bind {}", cfg.addr), e))?;
+    socket
+        .listen(cfg.backlog)
+        .map_err(|e| step(&format!("listen on {}", cfg.addr), e))?;
+    Ok(socket.into())
+}
+
+/// The client's address for debug logs (`getpeername`, only called when they are on).
+pub(super) fn peer(fd: &OwnedFd) -> String {
+    match socket2::SockRef::from(fd)
+        .peer_addr()
+        .map(|a| a.as_socket())
+    {
+        Ok(Some(a)) => a.to_string(),
+        _ => "a client that has gone".to_string(),
+    }
+}
+
+/// The listener and what accepting needs: the reserve descriptor, the pause, the warnings.
+pub struct Acceptor {
+    listener: Option<OwnedFd>,
+    local_addr: std::net::SocketAddr,
+    reserve: Option<OwnedFd>,
+    paused_until: Option<Duration>,
+    refusals: Throttled,
+    fd_exhaustion: Throttled,
+    accept_errors: Throttled,
+    register_errors: Throttled,
+}
+
+impl Acceptor {
+    /// Registers `listener` (level-triggered) under `token`.
+    ///
+    /// Sets SO_OOBINLINE on the listener, whoever created it (a fresh bind or an inherited fd):
+    /// urgent bytes are stream bytes, or the byte at the mark is lost. Accepted sockets inherit
+    /// it (Linux copies the listener's socket flags at accept), so it costs no syscall per client.
+    pub fn new(listener: OwnedFd, epoll: &sys::Epoll, token: u64) -> io::Result<Acceptor> {
+        sys::set_oobinline(listener.as_fd()).map_err(|e| {
+            io::Error::new(e.kind(), format!("set SO_OOBINLINE on the listener: {e}"))
+        })?;
+        let local_addr = socket2::SockRef::from(&listener)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("listener has no IP address"))?;
+        epoll.add(listener.as_fd(), sys::EPOLLIN, token)?;
+        Ok(Acceptor {
+            listener: Some(listener),
+            local_addr,
+            reserve: sys::eventfd().ok(),
+            paused_until: None,
+            refusals: Throttled::default(),
+            fd_exhaustion: Throttled::default(),
+            accept_errors: Throttled::default(),
+            register_errors: Throttled::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting for good (shutdown): close(2) also removes it from epoll.
+    pub fn close(&mut self) {
+        self.listener = None;
+        self.paused_until = None;
+    }
+
+    /// The earliest time a timer is due (the pause ends, a held-back warning).
+    pub fn next_deadline(&self) -> Option<Duration> {
+        [
+            self.paused_until,
+            self.refusals.deadline(),
+            self.fd_exhaustion.deadline(),
+            self.accept_errors.deadline(),
+            self.register_errors.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+impl Worker {
+    pub(super) fn accept_batch(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(listener) = self.acceptor.listener.as_ref() else {
+                return;
+            };
+            match sys::accept(listener.as_fd()) {
+                Ok(fd) => self.admit(fd),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if sys::is_out_of_fds(&e) => return self.out_of_fds(&e),
+                Err(e) if sys::is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    // Unexpected: say so (rate-limited) and rest the listener rather than
+                    // have the level-triggered listener report the same failure in a loop.
+                    if let Some(n) = self.acceptor.accept_errors.hit(self.clock.now) {
+                        log!(
+                            Level::Warn,
+                            "accept on {}: {e} ({n} time(s))",
+                            self.acceptor.local_addr
+                        );
+                    }
+                    return self.pause_listener();
+                }
+            }
+        }
+    }
+
+    /// Counts, configures, registers and stores one accepted client — or refuses it.
+    fn admit(&mut self, fd: OwnedFd) {
+        self.counters.accepted += 1;
+        if !self.shared.try_admit(self.cfg.max_connections) {
+            drop(fd); // the client sees the connection close at once
+            self.counters.refused += 1;
+            if let Some(n) = self.acceptor.refusals.hit(self.clock.now) {
+                self.log_refusals(n);
+            }
+            return;
+        }
+        // An echo must not wait for Nagle; failure here only costs latency.
+        let _ = sys::set_nodelay(fd.as_fd());
+        let idx = self.conns.next_index();
+        let events = sys::EPOLLIN | sys::EPOLLPRI | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLET;
+        if let Err(e) = self
+            .epoll
+            .add(fd.as_fd(), events, Token::Conn(idx).encode())
+        {
+            if let Some(n) = self.acceptor.register_errors.hit(self.clock.now) {
+                log!(Level::Warn, "register client: {e} ({n} time(s))");
+            }
+            self.shared.release();
+            return;
+        }
+        log!(Level::Debug, "accept {}", peer(&fd));
+        let stored = self.conns.insert(fd, Conn::new(self.clock.tick));
+        debug_assert_eq!(stored, idx);
+    }
+
+    pub(super) fn log_refusals(&self, n: u64) {
+        log!(
+            Level::Warn,
+            "refused {n} connection(s) since the last report: --max-connections {} reached",
+            self.cfg.max_connections
+        );
+    }
+
+    /// accept failed for lack of descriptors: give the reserve descriptor back to accept one
+    /// waiting client and close it at once (so it does not hang in the backlog), then take the
+    /// reserve again. If even that fails, rest the listener briefly instead of spinning.
+    fn out_of_fds(&mut self, e: &io::Error) {
+        let mut shed = false;
+        let a = &mut self.acceptor;
+        if let (Some(reserve), Some(listener)) = (a.reserve.take(), a.listener.as_ref()) {
+            drop(reserve);
+            if let Ok(client) = sys::accept(listener.as_fd()) {
+                drop(client);
+                self.counters.accepted += 1;
+                self.counters.refused += 1;
+                shed = true;
+            }
+            a.reserve = sys::eventfd().ok();
+        }
+        if let Some(n) = a.fd_exhaustion.hit(self.clock.now) {
+            log!(
+                Level::Warn,
+                "accept: {e} ({n} time(s) since the last report); refusing new clients until descriptors free up"
+            );
+        }
+        if !shed || a.reserve.is_none() {
+            self.pause_listener();
+        }
+    }
+
+    /// Stops watching the listener for [`ACCEPT_PAUSE`]; `accept_timers` resumes it.
+    fn pause_listener(&mut self) {
+        if let Some(listener) = self.acceptor.listener.as_ref() {
+            let _ = self
+                .epoll
+                .modify(listener.as_fd(), 0, Token::Listener.encode());
+        }
+        self.acceptor.paused_until = Some(self.clock.now + ACCEPT_PAUSE);
+    }
+
+    /// Ends a listener pause that is over; prints held-back warnings that are due.
+    pub(super) fn accept_timers(&mut self) {
+        let now = self.clock.now;
+        if let Some(until) = self.acceptor.paused_until
+            && now >= until
+        {
+            self.acceptor.paused_until = None;
+            if self.acceptor.reserve.is_none() {
+                self.acceptor.reserve = sys::eventfd().ok();
+            }
+            if let Some(listener) = self.acceptor.listener.as_ref() {
+                let _ = self
+                    .epoll
+                    .modify(listener.as_fd(), sys::EPOLLIN, Token::Listener.encode());
+            }
+        }
+        if let Some(n) = self.acceptor.refusals.due(now) {
+            self.log_refusals(n);
+        }
+        let a = &mut self.acceptor;
+        if let Some(n) = a.accept_errors.due(now) {
+            log!(
+                Level::Warn,
+                "accept on {}: failed {n} more time(s)",
+                a.local_addr
+            );
+        }
+        if let Some(n) = a.fd_exhaustion.due(now) {
+            log!(
+                Level::Warn,
+                "accept: out of file descriptors {n} more time(s)"
+            );
+        }
+        if let Some(n) = a.register_errors.due(now) {
+            log!(Level::Warn, "register client: failed {n} more time(s)");
+        }
+    }
+}

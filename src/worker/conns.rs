@@ -1,0 +1,179 @@
+//! A worker's connections and the logic that schedules them — the run queue, the idle timeout
+//! and the drain — without fds: the event loop passes in how to serve one connection and what
+//! to do with a closed one, and the simulator passes in fakes. Generic over the socket handle.
+
+use std::time::Duration;
+
+use super::drain::Drain;
+use super::idle::IdleTimeout;
+use super::service::Outcome;
+use super::table::Table;
+use crate::conn::{CloseReason, Conn, Params, Readiness, Tick, Turn};
+
+/// What a batch of turns moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    pub read: u64,
+    pub written: u64,
+    /// A turn found the splice pipe unusable: the worker must stop splicing.
+    pub pipe_broken: bool,
+}
+
+#[derive(Debug)]
+pub struct Conns<S> {
+    table: Table<S>,
+    running: Vec<u32>,
+    params: Params,
+    idle: IdleTimeout,
+    drain: Option<Drain>,
+}
+
+impl<S> Conns<S> {
+    pub fn new(params: Params, idle_timeout: Duration) -> Conns<S> {
+        Conns {
+            table: Table::default(),
+            running: Vec::new(),
+            params,
+            idle: IdleTimeout::new(idle_timeout),
+            drain: None,
+        }
+    }
+
+    pub fn table(&self) -> &Table<S> {
+        &self.table
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn live(&self) -> usize {
+        self.table.live()
+    }
+
+    /// The slot index the next [`Conns::insert`] uses (register the socket under it first).
+    pub fn next_index(&mut self) -> u32 {
+        self.table.next_index()
+    }
+
+    /// Stores a newly accepted connection.
+    pub fn insert(&mut self, sock: S, conn: Conn) -> u32 {
+        self.table.insert(sock, conn)
+    }
+
+    /// Records an epoll event for slot `idx` and queues it for a turn.
+    pub fn ready(&mut self, idx: u32, r: Readiness) {
+        self.table.ready(idx, r);
+    }
+
+    pub fn has_queued(&self) -> bool {
+        self.table.has_queued()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// Slots closed in this batch become reusable.
+    pub fn end_batch(&mut self) {
+        self.table.end_batch();
+    }
+
+    pub fn disable_splice(&mut self) {
+        self.params.splice = false;
+    }
+
+    /// Closes one connection for `why` (it leaves the table and goes to `closed`).
+    pub fn close(
+        &mut self,
+        idx: u32,
+        why: CloseReason,
+        closed: &mut impl FnMut(S, Conn, CloseReason),
+    ) {
+        if let Some((sock, conn)) = self.table.remove(idx) {
+            closed(sock, conn, why);
+        }
+    }
+
+    /// Gives every queued connection one budgeted turn: `serve` performs it (the worker's
+    /// `service::serve` over the fd), `closed` receives the connections that end.
+    pub fn serve_queued(
+        &mut self,
+        now: Tick,
+        mut serve: impl FnMut(&S, &mut Conn, &mut Turn) -> Outcome,
+        closed: &mut impl FnMut(S, Conn, CloseReason),
+    ) -> Moved {
+        let mut moved = Moved::default();
+        let mut running = std::mem::take(&mut self.running);
+        self.table.take_run_queue(&mut running);
+        for &idx in &running {
+            let Some((sock, conn)) = self.table.get_mut(idx) else {
+                continue; // closed earlier in this pass
+            };
+            let before = conn.last_active();
+            let mut turn = Turn::new(&self.params, now);
+            let outcome = serve(sock, conn, &mut turn);
+            moved.read += turn.read as u64;
+            moved.written += turn.written as u64;
+            let quiet = self.drain.as_ref().and_then(|d| d.after_turn(conn, now));
+            self.table.touch(idx, before);
+            match outcome {
+                Outcome::Yield => self.table.requeue(idx),
+                Outcome::Close(why) => self.close(idx, why, closed),
+                Outcome::CloseAndDropPipe(why) => {
+                    moved.pipe_broken = true;
+                    self.params.splice = false;
+                    self.close(idx, why, closed);
+                }
+                Outcome::Wait => {
+                    if let Some(why) = quiet {
+                        self.close(idx, why, closed);
+                    }
+                }
+            }
+        }
+        running.clear();
+        self.running = running;
+        moved
+    }
+
+    /// Starts the drain (see `drain`); a repeated request changes nothing.
+    pub fn begin_drain(&mut self, now: Tick, timeout: Duration) {
+        if self.drain.is_none() {
+            self.drain = Some(Drain::begin(&mut self.table, now, timeout));
+        }
+    }
+
+    /// Closes idle connections and, while draining, quiet or timed-out ones. Returns how many
+    /// were closed by the shutdown timeout.
+    pub fn on_timers(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) -> usize {
+        for idx in self.idle.expired(&self.table, now) {
+            self.close(idx, CloseReason::Idle, closed);
+        }
+        let Some(drain) = &self.drain else {
+            return 0;
+        };
+        let closing = drain.on_timer(&self.table, now);
+        let timed_out = closing
+            .iter()
+            .filter(|(_, why)| *why == CloseReason::ShutdownTimeout)
+            .count();
+        for (idx, why) in closing {
+            self.close(idx, why, closed);
+        }
+        timed_out
+    }
+
+    /// The next tick a timer is due, if any.
+    pub fn next_deadline(&self, now: Tick) -> Option<u64> {
+        [
+            self.idle.next_deadline(&self.table),
+            self.drain
+                .as_ref()
+                .map(|d| d.next_deadline(&self.table, now)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
