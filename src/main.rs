@@ -42,7 +42,7 @@ fn run(cli: &Cli) -> std::io::Result<()> {
     let t = summary.totals;
     if log::enabled(Level::Info) {
         eprintln!(
-            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}",
+            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}{}",
             t.accepted,
             t.refused,
             t.idle_closed,
@@ -50,6 +50,7 @@ fn run(cli: &Cli) -> std::io::Result<()> {
             t.bytes_out,
             summary.duration.as_secs_f64(),
             udp_summary(cli, &t.udp), // UDP hook (#12)
+            t.per_ip,                 // per-client refusals (#13)
         );
     }
     Ok(())

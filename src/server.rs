@@ -7,15 +7,18 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::limits::{AcceptRate, ConnLimit};
 use crate::log::Level;
 use crate::shared::Shared;
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::udp::UdpConfig;
+use crate::worker::per_ip::PerIpConfig;
 use crate::worker::{Worker, WorkerConfig, fds_per_worker};
 use crate::{log, sys};
 
@@ -177,6 +180,15 @@ impl Server {
         let mut addr = SocketAddr::new(config.host, config.port);
         let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(config.host, p));
         let mut workers = Vec::with_capacity(config.workers);
+        // The per-IP tables are global: one client's connections land on every worker.
+        let per_ip = PerIpConfig {
+            conns: NonZeroU32::new(config.max_conns_per_ip)
+                .map(|n| ConnLimit::new(n, config.ipv6_prefix)),
+            rate: NonZeroU32::new(config.accept_rate_per_ip).map(|n| {
+                AcceptRate::new(n, crate::limits::DEFAULT_RATE_CAPACITY, config.ipv6_prefix)
+            }),
+            proxy: config.proxy_protocol,
+        };
         for (id, wake) in wake_readers.into_iter().enumerate() {
             let cfg = WorkerConfig {
                 id,
@@ -193,6 +205,7 @@ impl Server {
                     rate: config.udp_rate,
                     workers: config.workers,
                 }),
+                per_ip: per_ip.clone(),
             };
             let (tx, rx) = mpsc::channel();
             let sh = shared.clone();

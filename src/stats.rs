@@ -13,6 +13,44 @@ pub struct Counters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub udp: UdpCounters,
+    pub per_ip: PerIpCounters,
+}
+
+/// Clients turned away by the per-client rules (#13), one count per reason. `refused` (above)
+/// stays the `--max-connections` count.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerIpCounters {
+    /// Reset: the client already had `--max-conns-per-ip` connections.
+    pub refused_per_ip: u64,
+    /// Reset: the client was over `--accept-rate-per-ip`.
+    pub refused_rate: u64,
+    /// Closed unechoed: a missing, malformed, truncated or oversized PROXY header.
+    pub proxy_rejected: u64,
+    /// Closed unechoed: no whole PROXY header within `--proxy-header-timeout`.
+    pub proxy_timeout: u64,
+}
+
+impl std::ops::Add for PerIpCounters {
+    type Output = PerIpCounters;
+    fn add(self, o: PerIpCounters) -> PerIpCounters {
+        PerIpCounters {
+            refused_per_ip: self.refused_per_ip + o.refused_per_ip,
+            refused_rate: self.refused_rate + o.refused_rate,
+            proxy_rejected: self.proxy_rejected + o.proxy_rejected,
+            proxy_timeout: self.proxy_timeout + o.proxy_timeout,
+        }
+    }
+}
+
+impl std::fmt::Display for PerIpCounters {
+    /// ` refused_per_ip=… refused_rate=… proxy_rejected=… proxy_timeout=…` (leading space).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            " refused_per_ip={} refused_rate={} proxy_rejected={} proxy_timeout={}",
+            self.refused_per_ip, self.refused_rate, self.proxy_rejected, self.proxy_timeout
+        )
+    }
 }
 
 /// UDP echo counters (`--udp-port`). Every datagram received is echoed or dropped for exactly
@@ -64,6 +102,10 @@ pub struct WorkerStats {
     udp_drop_rate: AtomicU64,
     udp_drop_full: AtomicU64,
     udp_errors: AtomicU64,
+    refused_per_ip: AtomicU64,
+    refused_rate: AtomicU64,
+    proxy_rejected: AtomicU64,
+    proxy_timeout: AtomicU64,
 }
 
 /// A point-in-time reading of one worker, or the sum of several.
@@ -77,6 +119,7 @@ pub struct Snapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub udp: UdpCounters,
+    pub per_ip: PerIpCounters,
 }
 
 impl WorkerStats {
@@ -94,6 +137,10 @@ impl WorkerStats {
         self.udp_drop_rate.store(c.udp.drop_rate, Relaxed);
         self.udp_drop_full.store(c.udp.drop_full, Relaxed);
         self.udp_errors.store(c.udp.errors, Relaxed);
+        self.refused_per_ip.store(c.per_ip.refused_per_ip, Relaxed);
+        self.refused_rate.store(c.per_ip.refused_rate, Relaxed);
+        self.proxy_rejected.store(c.per_ip.proxy_rejected, Relaxed);
+        self.proxy_timeout.store(c.per_ip.proxy_timeout, Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -113,6 +160,12 @@ impl WorkerStats {
                 drop_full: self.udp_drop_full.load(Relaxed),
                 errors: self.udp_errors.load(Relaxed),
             },
+            per_ip: PerIpCounters {
+                refused_per_ip: self.refused_per_ip.load(Relaxed),
+                refused_rate: self.refused_rate.load(Relaxed),
+                proxy_rejected: self.proxy_rejected.load(Relaxed),
+                proxy_timeout: self.proxy_timeout.load(Relaxed),
+            },
         }
     }
 }
@@ -129,6 +182,7 @@ impl std::ops::Add for Snapshot {
             bytes_in: self.bytes_in + o.bytes_in,
             bytes_out: self.bytes_out + o.bytes_out,
             udp: self.udp + o.udp,
+            per_ip: self.per_ip + o.per_ip,
         }
     }
 }
@@ -159,7 +213,7 @@ pub fn line(now: &[Snapshot], prev: &Snapshot, secs: f64) -> String {
     let t = now.iter().fold(Snapshot::default(), |a, b| a + *b);
     let workers: Vec<String> = now.iter().map(|s| s.active.to_string()).collect();
     format!(
-        "stats: active={} accepted={} closed={} refused={} idle_closed={} bytes_in={} bytes_out={} workers=[{}] accept_rate={:.0}/s in_rate={} out_rate={}",
+        "stats: active={} accepted={} closed={} refused={} idle_closed={} bytes_in={} bytes_out={} workers=[{}] accept_rate={:.0}/s in_rate={} out_rate={}{}",
         t.active,
         t.accepted,
         t.closed,
@@ -171,6 +225,7 @@ pub fn line(now: &[Snapshot], prev: &Snapshot, secs: f64) -> String {
         (t.accepted - prev.accepted) as f64 / secs.max(1e-9),
         rate(t.bytes_in - prev.bytes_in, secs),
         rate(t.bytes_out - prev.bytes_out, secs),
+        t.per_ip,
     )
 }
 
@@ -197,5 +252,9 @@ mod tests {
         assert!(l.contains("workers=[4,3]"), "{l}");
         assert!(l.contains("accept_rate=8/s"), "{l}");
         assert!(l.contains("in_rate=1.5MB/s"), "{l}");
+        assert!(
+            l.ends_with(" refused_per_ip=0 refused_rate=0 proxy_rejected=0 proxy_timeout=0"),
+            "{l}"
+        );
     }
 }

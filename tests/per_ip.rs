@@ -14,14 +14,35 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    try_connect_from(source, to).unwrap()
+}
+
+/// A connection the server may refuse: its reset can arrive before `connect` returns, which
+/// then fails with ECONNRESET.
+fn try_connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let source: IpAddr = source.parse().unwrap();
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.bind(&SocketAddr::new(source, 0).into()).unwrap();
-    s.connect_timeout(&to.into(), Duration::from_secs(5))
-        .unwrap();
+    s.connect_timeout(&to.into(), Duration::from_secs(5))?;
     let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// Connects and echoes one byte; false if refused at any point (connect, send or read).
+fn try_served(source: &str, to: SocketAddr, tag: u8) -> bool {
+    try_connect_from(source, to).is_ok_and(|mut s| served(&mut s, tag))
+}
+
+/// A refused connection: reset at connect, or closed with nothing echoed.
+fn refused(source: &str, to: SocketAddr) -> bool {
+    match try_connect_from(source, to) {
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(mut s) => {
+            let _ = s.write_all(b"x");
+            closed_unechoed(&mut s, Duration::from_secs(5))
+        }
+    }
 }
 
 /// The connection is closed (EOF or reset) within `timeout` without a single byte echoed.
@@ -60,7 +81,6 @@ fn full_cycle(source: &str, to: SocketAddr, tag: u8) -> bool {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn max_conns_per_ip_counts_each_source_across_workers() {
     let srv = ServerProc::start(&["--maxListeners", "4", "--max-conns-per-ip", "2"]);
     let mut a: Vec<TcpStream> = (0..2)
@@ -71,10 +91,8 @@ fn max_conns_per_ip_counts_each_source_across_workers() {
     }
     // Twenty more tries land on all four workers (SO_REUSEPORT): every one is refused.
     for i in 0..20 {
-        let mut extra = connect_from("127.0.0.2", srv.addr);
-        extra.write_all(b"x").unwrap();
         assert!(
-            closed_unechoed(&mut extra, Duration::from_secs(5)),
+            refused("127.0.0.2", srv.addr),
             "try {i}: a third connection from 127.0.0.2 is refused"
         );
     }
@@ -89,16 +107,16 @@ fn max_conns_per_ip_counts_each_source_across_workers() {
     }
     drop(a.pop());
     assert!(
-        wait_until(Duration::from_secs(5), || {
-            let mut c = connect_from("127.0.0.2", srv.addr);
-            served(&mut c, 30)
-        }),
+        wait_until(Duration::from_secs(5), || try_served(
+            "127.0.0.2",
+            srv.addr,
+            30
+        )),
         "a freed place is given to the next client"
     );
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn slots_come_back_on_every_close_path() {
     let srv = ServerProc::start(&[
         "--maxListeners",
@@ -116,10 +134,21 @@ fn slots_come_back_on_every_close_path() {
         );
     }
     eprintln!("2000 cycles in {:?}", t.elapsed());
+    // Two at once are served; then both end gracefully (the server has closed them, and
+    // given their places back, when the EOF arrives).
     let both_free = || {
-        let mut a = connect_from("127.0.0.2", srv.addr);
-        let mut b = connect_from("127.0.0.2", srv.addr);
-        served(&mut a, 1) && served(&mut b, 2)
+        let (Ok(mut a), Ok(mut b)) = (
+            try_connect_from("127.0.0.2", srv.addr),
+            try_connect_from("127.0.0.2", srv.addr),
+        ) else {
+            return false;
+        };
+        let ok = served(&mut a, 1) && served(&mut b, 2);
+        for s in [&mut a, &mut b] {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+        ok
     };
     // Reset by the client.
     for _ in 0..2 {
@@ -150,15 +179,13 @@ fn slots_come_back_on_every_close_path() {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn accept_rate_per_ip_admits_the_burst_then_the_rate() {
     let srv = ServerProc::start(&["--maxListeners", "2", "--accept-rate-per-ip", "5"]);
     let t = Instant::now();
     let mut admitted = 0;
     let mut refused = 0;
     for i in 0..20 {
-        let mut c = connect_from("127.0.0.2", srv.addr);
-        if served(&mut c, i) {
+        if try_served("127.0.0.2", srv.addr, i) {
             admitted += 1;
         } else {
             refused += 1;
@@ -368,7 +395,6 @@ for src in sys.argv[2:]:
 "#;
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn ipv6_clients_are_grouped_by_64_in_a_namespace() {
     let ns = Netns::new(&[
         "2001:db8:1:1::1/64",
@@ -401,4 +427,60 @@ fn ipv6_clients_are_grouped_by_64_in_a_namespace() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(srv);
+}
+
+#[test]
+fn refusals_are_counted_per_reason_and_logged_at_most_once_a_second() {
+    let mut srv = ServerProc::start(&[
+        "--maxListeners",
+        "2",
+        "--max-conns-per-ip",
+        "1",
+        "--accept-rate-per-ip",
+        "1000",
+    ]);
+    let mut held = connect_from("127.0.0.2", srv.addr);
+    assert!(served(&mut held, 1));
+    let t = Instant::now();
+    for i in 0..200 {
+        assert!(refused("127.0.0.2", srv.addr), "try {i}");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert!(served(&mut held, 2), "the admitted one is unaffected");
+    drop(held);
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+    let log = srv.stderr();
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("shutdown:"))
+        .unwrap_or_else(|| panic!("no shutdown line: {log}"));
+    assert!(
+        summary.contains(" refused=0 ")
+            && summary.contains(" refused_per_ip=200 ")
+            && summary.contains(" refused_rate=0 "),
+        "{summary}"
+    );
+    // Every refusal is counted, but the log has about one line a second (plus the first).
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("over --max-conns-per-ip"))
+        .collect();
+    let counted: u64 = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("reset ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        !lines.is_empty() && lines.len() as f64 <= secs + 2.0,
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("127.0.0.2"), "{lines:?}");
+    assert!((1..=200).contains(&counted), "{lines:?}");
 }

@@ -10,7 +10,8 @@
 //! accept errors rest the listener briefly instead of spinning. Every warning is rate-limited.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -131,8 +132,8 @@ impl Worker {
             let Some(listener) = self.acceptor.listener.as_ref() else {
                 return;
             };
-            match sys::accept(listener.as_fd()) {
-                Ok(fd) => self.admit(fd),
+            match sys::accept_with_peer(listener.as_fd()) {
+                Ok((fd, peer)) => self.admit(fd, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if sys::is_out_of_fds(&e) => return self.out_of_fds(&e),
                 Err(e) if sys::is_transient_accept_error(&e) => continue,
@@ -153,7 +154,7 @@ impl Worker {
     }
 
     /// Counts, configures, registers and stores one accepted client — or refuses it.
-    fn admit(&mut self, fd: OwnedFd) {
+    fn admit(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
         self.counters.accepted += 1;
         if !self.shared.try_admit(self.cfg.max_connections) {
             drop(fd); // the client sees the connection close at once
@@ -161,6 +162,18 @@ impl Worker {
             if let Some(n) = self.acceptor.refusals.hit(self.clock.now) {
                 self.log_refusals(n);
             }
+            return;
+        }
+        // Per-client rules (#13); with --proxy-protocol they wait for the header's client.
+        if self.per_ip.at_accept()
+            && let Some(peer) = peer
+            && self
+                .per_ip
+                .admit(fd.as_raw_fd(), peer.ip(), None, self.clock.now)
+                .is_err()
+        {
+            self.shared.release();
+            sys::reset(fd); // RST: nothing read, nothing echoed
             return;
         }
         // An echo must not wait for Nagle; failure here only costs latency.
@@ -174,10 +187,13 @@ impl Worker {
             if let Some(n) = self.acceptor.register_errors.hit(self.clock.now) {
                 log!(Level::Warn, "register client: {e} ({n} time(s))");
             }
+            self.per_ip.release(fd.as_raw_fd());
             self.shared.release();
             return;
         }
-        log!(Level::Debug, "accept {}", peer(&fd));
+        if let Some(peer) = peer {
+            log!(Level::Debug, "accept {peer}");
+        }
         let stored = self.conns.insert(fd, Conn::new(self.clock.tick));
         debug_assert_eq!(stored, idx);
     }

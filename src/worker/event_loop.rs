@@ -2,9 +2,10 @@
 //! the timers, publish stats. Returns when shutdown has finished.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
+use super::per_ip::PerIp;
 use super::service::{self, FdSocket};
 use super::{Token, Worker};
 use crate::conn::{CloseReason, Conn, Readiness};
@@ -34,14 +35,23 @@ fn readiness(events: u32) -> Readiness {
 
 /// What happens to every connection that leaves: the one place they all go through. Per-client
 /// resources acquired at admission are released here.
-fn on_closed(shared: &Shared, counters: &mut Counters) -> impl FnMut(OwnedFd, Conn, CloseReason) {
+fn on_closed<'a>(
+    shared: &'a Shared,
+    counters: &'a mut Counters,
+    per_ip: &'a PerIp,
+) -> impl FnMut(OwnedFd, Conn, CloseReason) + 'a {
     move |fd, conn, why| {
-        log!(
-            Level::Debug,
-            "close {} ({why}), {} byte(s) unsent",
-            super::accept::peer(&fd),
-            conn.pending_len()
-        );
+        // The client's place in the per-IP table comes back on every path.
+        let client = per_ip.release(fd.as_raw_fd());
+        if log::enabled(Level::Debug) {
+            let via = client.map_or_else(String::new, |c| format!(" (PROXY client {c})"));
+            log!(
+                Level::Debug,
+                "close {}{via} ({why}), {} byte(s) unsent",
+                super::accept::peer(&fd),
+                conn.pending_len()
+            );
+        }
         drop(fd); // close(2): FIN, or RST if unread input remains
         counters.closed += 1;
         if why == CloseReason::Idle {
@@ -84,6 +94,10 @@ impl Worker {
             self.serve_udp();
             self.on_timers();
             self.conns.end_batch();
+            (
+                self.counters.per_ip.refused_per_ip,
+                self.counters.per_ip.refused_rate,
+            ) = self.per_ip.refusals();
             self.shared.stats[self.cfg.id].publish(&self.counters, self.conns.live());
             if self.conns.draining() && self.conns.live() == 0 {
                 return Ok(());
@@ -94,7 +108,7 @@ impl Worker {
     /// Gives every queued connection one budgeted turn.
     fn serve_run_queue(&mut self) {
         let (buf, pipe) = (&mut self.buf, self.pipe.as_ref());
-        let mut closed = on_closed(&self.shared, &mut self.counters);
+        let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip);
         let moved = self.conns.serve_queued(
             self.clock.tick,
             |fd, conn, turn| {
@@ -160,14 +174,18 @@ impl Worker {
             .conns
             .next_deadline(self.clock.tick)
             .map(|t| self.clock.at(t));
-        [conns, self.acceptor.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            conns,
+            self.acceptor.next_deadline(),
+            self.per_ip.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_timers(&mut self) {
-        let mut closed = on_closed(&self.shared, &mut self.counters);
+        let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip);
         let timed_out = self.conns.on_timers(self.clock.tick, &mut closed);
         drop(closed);
         if timed_out > 0 {
@@ -177,5 +195,6 @@ impl Worker {
             );
         }
         self.accept_timers();
+        self.per_ip.timers(self.clock.now);
     }
 }

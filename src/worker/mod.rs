@@ -47,6 +47,7 @@ pub mod conns;
 pub mod drain;
 mod event_loop;
 pub mod idle;
+pub mod per_ip;
 pub mod service;
 pub mod table;
 pub mod throttle;
@@ -96,6 +97,8 @@ pub struct WorkerConfig {
     pub splice: bool,
     /// The UDP echo socket (`--udp-port`), if on.
     pub udp: Option<UdpConfig>,
+    /// Per-client admission (`--max-conns-per-ip`, `--accept-rate-per-ip`, `--proxy-protocol`).
+    pub per_ip: per_ip::PerIpConfig,
 }
 
 /// The epoll token kinds. Clients use their slot index; the rest sit at the top of the range.
@@ -180,6 +183,7 @@ pub struct Worker {
     /// its last turn ended with its budget spent).
     udp: Option<UdpEcho>,
     udp_ready: bool,
+    per_ip: per_ip::PerIp,
 }
 
 impl Worker {
@@ -228,6 +232,7 @@ impl Worker {
         };
         Ok(Worker {
             conns: Conns::new(params, cfg.idle_timeout),
+            per_ip: per_ip::PerIp::new(cfg.per_ip.clone()),
             cfg,
             shared,
             epoll,
