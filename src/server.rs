@@ -187,7 +187,7 @@ impl Server {
             rate: NonZeroU32::new(config.accept_rate_per_ip).map(|n| {
                 AcceptRate::new(n, crate::limits::DEFAULT_RATE_CAPACITY, config.ipv6_prefix)
             }),
-            proxy: config.proxy_protocol,
+            proxy: config.proxy_protocol.then_some(config.proxy_header_timeout),
         };
         for (id, wake) in wake_readers.into_iter().enumerate() {
             let cfg = WorkerConfig {

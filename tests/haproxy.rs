@@ -385,7 +385,6 @@ fn nginx_stream_proxy_protocol_names_the_real_client() {
 
 /// The server behind a real HAProxy: each client is limited and logged by its own address.
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn behind_haproxy_real_clients_are_limited_and_logged() {
     for send in [Proxying::HaproxyV1, Proxying::HaproxyV2, Proxying::NginxV1] {
         if !installed(send) {

@@ -217,7 +217,6 @@ fn v2_inet4(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn proxy_headers_whole_split_and_with_payload_are_consumed_not_echoed() {
     let srv = ServerProc::start(&["--maxListeners", "2", "--proxy-protocol"]);
     let v1 = b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\n".to_vec();
@@ -246,7 +245,6 @@ fn proxy_headers_whole_split_and_with_payload_are_consumed_not_echoed() {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn bad_missing_or_oversized_headers_close_with_nothing_echoed() {
     let srv = ServerProc::start(&["--maxListeners", "2", "--proxy-protocol"]);
     let mut oversized = epoll_echo::proxy::V2_SIGNATURE.to_vec();
@@ -278,7 +276,6 @@ fn bad_missing_or_oversized_headers_close_with_nothing_echoed() {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn header_timeout_closes_hundreds_of_silent_connections() {
     let srv = ServerProc::start(&[
         "--maxListeners",
@@ -308,7 +305,6 @@ fn header_timeout_closes_hundreds_of_silent_connections() {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn limits_apply_to_the_address_in_the_proxy_header() {
     let srv = ServerProc::start(&[
         "--maxListeners",
@@ -483,4 +479,55 @@ fn refusals_are_counted_per_reason_and_logged_at_most_once_a_second() {
     );
     assert!(lines[0].contains("127.0.0.2"), "{lines:?}");
     assert!((1..=200).contains(&counted), "{lines:?}");
+}
+
+#[test]
+fn proxy_rejections_and_timeouts_are_counted_and_the_debug_log_names_the_header_client() {
+    let mut srv = ServerProc::start(&[
+        "--maxListeners",
+        "2",
+        "--proxy-protocol",
+        "--proxy-header-timeout",
+        "300ms",
+        "-v",
+    ]);
+    for bad in [
+        &b"garbage\r\n"[..],
+        b"PROXY TCP9 x\r\n",
+        b"PROXY TCP4 1.2.3",
+    ] {
+        let mut c = connect(srv.addr);
+        c.write_all(bad).unwrap();
+        if bad.ends_with(b"3") {
+            c.shutdown(std::net::Shutdown::Write).unwrap(); // EOF inside the header
+        }
+        assert!(closed_unechoed(&mut c, Duration::from_secs(5)));
+    }
+    let mut silent: Vec<TcpStream> = (0..2).map(|_| connect(srv.addr)).collect();
+    for c in &mut silent {
+        assert!(closed_unechoed(c, Duration::from_secs(5)));
+    }
+    let mut ok = connect(srv.addr);
+    ok.write_all(b"PROXY TCP4 198.18.7.7 127.0.0.1 4242 80\r\nok")
+        .unwrap();
+    assert_eq!(read_n(&mut ok, 2), b"ok");
+    drop(ok);
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+    let log = srv.stderr();
+    let summary = log.lines().find(|l| l.starts_with("shutdown:")).unwrap();
+    assert!(
+        summary.contains(" proxy_rejected=3 ") && summary.ends_with(" proxy_timeout=2"),
+        "{summary}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("via PROXY header: client 198.18.7.7:4242")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("close ") && l.contains("(PROXY client 198.18.7.7:4242)")),
+        "{log}"
+    );
 }

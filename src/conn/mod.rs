@@ -54,6 +54,7 @@
 //! A plain connection pays one null pointer for all of this: `Option<Box<Layers>>`.
 
 mod pending;
+pub mod proxy_stage;
 mod stage;
 
 use std::fmt;
@@ -62,8 +63,9 @@ use std::ops::Range;
 use std::time::Duration;
 
 pub use pending::{MAX as PENDING_MAX, Pending};
+pub use proxy_stage::ProxyStage;
 use stage::Layers;
-pub use stage::{Flow, Stage};
+pub use stage::{Client, Flow, Stage};
 
 /// Coarse time: 100 ms units since the worker started (u32: 13 years before it wraps).
 pub type Tick = u32;
@@ -195,6 +197,9 @@ pub enum Action {
     Yield,
     /// Nothing to do until the next readiness edge.
     Wait,
+    /// A stage identified the client (a PROXY header): apply the per-client rules to it and
+    /// report with `on_admit` (`Err(reason)`: refused, closed with nothing echoed).
+    Admit(Client),
     /// Close the connection.
     Close(CloseReason),
 }
@@ -214,6 +219,8 @@ pub enum CloseReason {
     Quiet,
     /// Shutting down, and `--shutdown-timeout` passed.
     ShutdownTimeout,
+    /// A stage did not finish by its deadline (`--proxy-header-timeout`).
+    StageTimeout,
 }
 
 impl fmt::Display for CloseReason {
@@ -225,6 +232,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Idle => f.write_str("idle timeout"),
             CloseReason::Quiet => f.write_str("quiet at shutdown"),
             CloseReason::ShutdownTimeout => f.write_str("shutdown timeout"),
+            CloseReason::StageTimeout => f.write_str("header timeout"),
         }
     }
 }
@@ -311,6 +319,22 @@ impl Conn {
         self.layers.get_or_insert_with(Default::default).push(stage);
     }
 
+    /// Reports the result of [`Action::Admit`]: `Err(reason)` closes the connection with
+    /// nothing more sent.
+    pub fn on_admit(&mut self, r: Result<(), &'static str>) {
+        if let Some(layers) = self.layers.as_mut() {
+            layers.admitted(r);
+            if layers.is_empty() {
+                self.layers = None;
+            }
+        }
+    }
+
+    /// The tick by which the stages in front must have finished (the header timeout), if any.
+    pub fn deadline(&self) -> Option<Tick> {
+        self.layers.as_ref().and_then(|l| l.deadline())
+    }
+
     /// Queues bytes to send before any echo (a banner). Sent on the first writable edge.
     pub fn queue_output(&mut self, data: &[u8]) {
         self.pending.push(data);
@@ -390,6 +414,9 @@ impl Conn {
         }
         if let Some(why) = self.layers.as_ref().and_then(|l| l.rejected()) {
             return Action::Close(CloseReason::Rejected(why));
+        }
+        if let Some(client) = self.layers.as_ref().and_then(|l| l.admit()) {
+            return Action::Admit(client);
         }
         if let Some(r) = &turn.input {
             return Action::SendInput(r.clone());

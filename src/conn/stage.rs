@@ -12,8 +12,20 @@
 //! same `--max-pending` backpressure (reading stops while pending output is above the cap).
 
 use std::fmt;
+use std::net::SocketAddr;
 
+use super::Tick;
 use super::pending::Pending;
+
+/// Who the client is, as a finished stage learned it (a PROXY header), for the worker's
+/// per-client rules and logs: see [`Stage::client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// The stage names no client (PROXY `LOCAL`, `UNKNOWN`): it is the socket's peer.
+    SocketPeer,
+    /// The client's address (the PROXY header's source).
+    Addr(SocketAddr),
+}
 
 /// What a stage did with the input it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +53,19 @@ pub trait Stage: Send + fmt::Debug {
         let _ = out;
         Flow::Hold
     }
+
+    /// Asked once, right after this stage answered `Pass`: the client it identified, if it
+    /// identifies one. The connection then asks the worker to admit that client
+    /// ([`super::Action::Admit`]) before anything after the prefix is echoed.
+    fn client(&self) -> Option<Client> {
+        None
+    }
+
+    /// The tick by which this stage must have finished (e.g. `--proxy-header-timeout`); the
+    /// worker closes the connection then ([`super::CloseReason::StageTimeout`]).
+    fn deadline(&self) -> Option<Tick> {
+        None
+    }
 }
 
 /// The stages of one connection, first to see the input first. Boxed, so a plain connection
@@ -49,6 +74,8 @@ pub trait Stage: Send + fmt::Debug {
 pub(super) struct Layers {
     stages: Vec<Box<dyn Stage>>,
     rejected: Option<&'static str>,
+    /// A finished stage named this client: the worker must admit it before the echo.
+    admit: Option<Client>,
 }
 
 impl Layers {
@@ -57,11 +84,28 @@ impl Layers {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.stages.is_empty() && self.rejected.is_none()
+        self.stages.is_empty() && self.rejected.is_none() && self.admit.is_none()
     }
 
     pub(super) fn rejected(&self) -> Option<&'static str> {
         self.rejected
+    }
+
+    pub(super) fn admit(&self) -> Option<Client> {
+        self.admit
+    }
+
+    /// The worker's answer to [`super::Action::Admit`].
+    pub(super) fn admitted(&mut self, r: Result<(), &'static str>) {
+        self.admit = None;
+        if let Err(why) = r {
+            self.rejected = Some(why);
+        }
+    }
+
+    /// The earliest deadline of the stages still there.
+    pub(super) fn deadline(&self) -> Option<Tick> {
+        self.stages.iter().filter_map(|s| s.deadline()).min()
     }
 
     /// Runs `data` through the stages. `Pass(n)`: every stage has finished and `data[n..]` is
@@ -73,6 +117,9 @@ impl Layers {
                 Flow::Pass(n) => {
                     assert!(off + n <= data.len(), "stage passed more than it was given");
                     off += n;
+                    if let Some(c) = stage.client() {
+                        self.admit = Some(c);
+                    }
                     self.stages.remove(0);
                 }
                 Flow::Reject(why) => {

@@ -405,6 +405,9 @@ impl World {
             CloseReason::Rejected(r) => {
                 return Err(format!("client {id} rejected ({r}) without a stage"));
             }
+            CloseReason::StageTimeout => {
+                return Err(format!("client {id} timed out in a stage it does not have"));
+            }
             CloseReason::Idle => {
                 self.report.idle += 1;
                 let limit = self.idle_ticks.unwrap_or(u64::MAX);

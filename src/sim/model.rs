@@ -355,6 +355,10 @@ impl Socket for SimSocket<'_> {
         Ok(n)
     }
 
+    fn admit(&mut self, _client: crate::conn::Client) -> Result<(), &'static str> {
+        Ok(())
+    }
+
     fn pipe_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let Some(pipe) = self.pipe.as_mut() else {
             return Err(err(ErrorKind::Unsupported));

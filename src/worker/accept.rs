@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::throttle::Throttled;
 use super::{ACCEPT_BATCH, Token, Worker, WorkerConfig};
-use crate::conn::Conn;
+use crate::conn::{Conn, ProxyStage, Tick, ticks_ceil};
 use crate::log::Level;
 use crate::{log, sys};
 
@@ -194,7 +194,16 @@ impl Worker {
         if let Some(peer) = peer {
             log!(Level::Debug, "accept {peer}");
         }
-        let stored = self.conns.insert(fd, Conn::new(self.clock.tick));
+        let mut conn = Conn::new(self.clock.tick);
+        if let Some(timeout) = self.per_ip.proxy() {
+            // The header must be whole a whole timeout after the end of this tick.
+            let deadline = u64::from(self.clock.tick)
+                .saturating_add(ticks_ceil(timeout))
+                .saturating_add(1)
+                .min(u64::from(Tick::MAX)) as Tick;
+            conn.push_stage(Box::new(ProxyStage::new(deadline, None)));
+        }
+        let stored = self.conns.insert(fd, conn);
         debug_assert_eq!(stored, idx);
     }
 

@@ -2,6 +2,7 @@
 //! and the drain — without fds: the event loop passes in how to serve one connection and what
 //! to do with a closed one, and the simulator passes in fakes. Generic over the socket handle.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::drain::Drain;
@@ -26,6 +27,11 @@ pub struct Conns<S> {
     params: Params,
     idle: IdleTimeout,
     drain: Option<Drain>,
+    /// Connections whose stage has a deadline (the PROXY header timeout), in deadline order:
+    /// every such stage gets the same timeout, so they arrive in order. An entry whose slot no
+    /// longer holds a connection with that deadline (the stage finished, the connection
+    /// closed) is dropped when it comes up.
+    deadlines: VecDeque<(u32, Tick)>,
 }
 
 impl<S> Conns<S> {
@@ -36,6 +42,7 @@ impl<S> Conns<S> {
             params,
             idle: IdleTimeout::new(idle_timeout),
             drain: None,
+            deadlines: VecDeque::new(),
         }
     }
 
@@ -58,7 +65,13 @@ impl<S> Conns<S> {
 
     /// Stores a newly accepted connection.
     pub fn insert(&mut self, sock: S, conn: Conn) -> u32 {
-        self.table.insert(sock, conn)
+        let deadline = conn.deadline();
+        let idx = self.table.insert(sock, conn);
+        if let Some(d) = deadline {
+            debug_assert!(self.deadlines.back().is_none_or(|&(_, b)| b <= d));
+            self.deadlines.push_back((idx, d));
+        }
+        idx
     }
 
     /// Records an epoll event for slot `idx` and queues it for a turn.
@@ -150,6 +163,18 @@ impl<S> Conns<S> {
         for idx in self.idle.expired(&self.table, now) {
             self.close(idx, CloseReason::Idle, closed);
         }
+        while let Some(&(idx, d)) = self.deadlines.front()
+            && d <= now
+        {
+            self.deadlines.pop_front();
+            let due = self
+                .table
+                .get(idx)
+                .is_some_and(|(_, c)| c.deadline() == Some(d));
+            if due {
+                self.close(idx, CloseReason::StageTimeout, closed);
+            }
+        }
         let Some(drain) = &self.drain else {
             return 0;
         };
@@ -168,6 +193,7 @@ impl<S> Conns<S> {
     pub fn next_deadline(&self, now: Tick) -> Option<u64> {
         [
             self.idle.next_deadline(&self.table),
+            self.deadlines.front().map(|&(_, d)| u64::from(d)),
             self.drain
                 .as_ref()
                 .map(|d| d.next_deadline(&self.table, now)),

@@ -5,9 +5,10 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::per_ip::PerIp;
+use super::per_ip::{OVER_CONNS, OVER_RATE, PerIp};
 use super::service::{self, FdSocket};
 use super::{Token, Worker};
+use crate::conn::proxy_stage::is_proxy_reason;
 use crate::conn::{CloseReason, Conn, Readiness};
 use crate::log::Level;
 use crate::shared::Shared;
@@ -52,7 +53,19 @@ fn on_closed<'a>(
                 conn.pending_len()
             );
         }
-        drop(fd); // close(2): FIN, or RST if unread input remains
+        match why {
+            // Over a per-IP limit at header time: reset, as at accept.
+            CloseReason::Rejected(r) if r == OVER_CONNS || r == OVER_RATE => sys::reset(fd),
+            CloseReason::Rejected(r) if is_proxy_reason(r) => {
+                counters.per_ip.proxy_rejected += 1;
+                drop(fd);
+            }
+            CloseReason::StageTimeout => {
+                counters.per_ip.proxy_timeout += 1;
+                drop(fd);
+            }
+            _ => drop(fd), // close(2): FIN, or RST if unread input remains
+        }
         counters.closed += 1;
         if why == CloseReason::Idle {
             counters.idle_closed += 1;
@@ -107,7 +120,12 @@ impl Worker {
 
     /// Gives every queued connection one budgeted turn.
     fn serve_run_queue(&mut self) {
-        let (buf, pipe) = (&mut self.buf, self.pipe.as_ref());
+        let (buf, pipe, per_ip, now) = (
+            &mut self.buf,
+            self.pipe.as_ref(),
+            &self.per_ip,
+            self.clock.now,
+        );
         let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip);
         let moved = self.conns.serve_queued(
             self.clock.tick,
@@ -115,6 +133,8 @@ impl Worker {
                 let mut sock = FdSocket {
                     fd: fd.as_fd(),
                     pipe,
+                    per_ip,
+                    now,
                 };
                 service::serve(conn, &mut sock, turn, buf)
             },

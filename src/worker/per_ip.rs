@@ -32,8 +32,9 @@ pub const OVER_RATE: &str = "over --accept-rate-per-ip";
 pub struct PerIpConfig {
     pub conns: Option<ConnLimit>,
     pub rate: Option<AcceptRate>,
-    /// `--proxy-protocol`: the rules apply at header time, to the header's client.
-    pub proxy: bool,
+    /// `--proxy-protocol` with its `--proxy-header-timeout`: every connection starts with a
+    /// PROXY stage, and the rules apply at header time, to the header's client.
+    pub proxy: Option<Duration>,
 }
 
 /// What an admitted connection holds until it closes.
@@ -72,7 +73,12 @@ impl PerIp {
 
     /// Limits to check at accept: some per-IP flag is on and `--proxy-protocol` is off.
     pub fn at_accept(&self) -> bool {
-        !self.cfg.proxy && self.has_limits()
+        self.cfg.proxy.is_none() && self.has_limits()
+    }
+
+    /// `--proxy-header-timeout`, when `--proxy-protocol` is on.
+    pub fn proxy(&self) -> Option<Duration> {
+        self.cfg.proxy
     }
 
     fn has_limits(&self) -> bool {
