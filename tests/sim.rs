@@ -37,6 +37,11 @@ fn sim_thousands_of_seeds() {
     );
     assert!(total.shutdown_timeout > 0 && total.errors > 0, "{total:?}");
     assert!(total.bytes_echoed > 10_000_000, "{total:?}");
+    // The PROXY stage: headers consumed and the rest echoed, rejections, header timeouts.
+    assert!(
+        total.proxied_finished > 0 && total.rejected > 0 && total.header_timeouts > 0,
+        "{total:?}"
+    );
 }
 
 /// One seed (`SIM_SEED`, default 1) — the replay of a failure.
