@@ -60,6 +60,8 @@ pub struct Config {
     pub udp_port: Option<u16>,
     /// Replies per second per source IP (`--udp-rate`); 0: unlimited.
     pub udp_rate: u32,
+    /// `--banner`: the template sent to each new connection; `None`: no banner.
+    pub banner: Option<String>,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             proxy_header_timeout: Duration::from_secs(5),
             udp_port: None,
             udp_rate: 0,
+            banner: None,
         }
     }
 }
@@ -189,7 +192,26 @@ impl Server {
             }),
             proxy: config.proxy_protocol.then_some(config.proxy_header_timeout),
         };
+        // The host name is read once; each worker's banner is expanded once, not per client.
+        let hostname = config
+            .banner
+            .as_ref()
+            .map(|_| hostname())
+            .unwrap_or_default();
         for (id, wake) in wake_readers.into_iter().enumerate() {
+            let banner = match &config.banner {
+                Some(t) => Some(Arc::<[u8]>::from(banner_bytes(t, &hostname, id).map_err(
+                    |e| io::Error::new(io::ErrorKind::InvalidInput, format!("--banner: {e}")),
+                )?))
+                .filter(|b| !b.is_empty()),
+                None => None,
+            };
+            if banner.as_ref().is_some_and(|b| b.len() > BANNER_MAX) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "--banner: more than 64K once expanded",
+                ));
+            }
             let cfg = WorkerConfig {
                 id,
                 addr,
@@ -206,6 +228,7 @@ impl Server {
                     workers: config.workers,
                 }),
                 per_ip: per_ip.clone(),
+                banner,
             };
             let (tx, rx) = mpsc::channel();
             let sh = shared.clone();
@@ -290,6 +313,48 @@ impl Server {
     }
 }
 
+/// The largest banner, expanded (`--banner`).
+pub const BANNER_MAX: usize = 64 * 1024;
+
+/// The banner `template` for worker `worker` on host `hostname`: `{hostname}` and `{worker}`
+/// expand, and the escapes `\n`, `\r`, `\t`, `\\` (so a shell or an environment variable
+/// can carry a line end). Any other backslash escape is an error naming it.
+pub fn banner_bytes(template: &str, hostname: &str, worker: usize) -> Result<Vec<u8>, String> {
+    let mut text = String::with_capacity(template.len());
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            text.push(c);
+            continue;
+        }
+        text.push(match chars.next() {
+            Some('n') => '\n',
+            Some('r') => '\r',
+            Some('t') => '\t',
+            Some('\\') => '\\',
+            Some(o) => {
+                return Err(format!(
+                    "unknown escape '\\{o}' (use \\n, \\r, \\t or \\\\)"
+                ));
+            }
+            None => return Err("ends in a lone '\\' (use \\\\ for a backslash)".into()),
+        });
+    }
+    Ok(text
+        .replace("{hostname}", hostname)
+        .replace("{worker}", &worker.to_string())
+        .into_bytes())
+}
+
+/// This machine's name for `{hostname}`: /proc/sys/kernel/hostname (as `hostname` prints it,
+/// also inside a container's UTS namespace), else gethostname(2).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim_end().to_string())
+        .or_else(|_| sys::hostname())
+        .unwrap_or_default()
+}
+
 fn stats_loop(shared: &Shared, every: Duration, stop: &mpsc::Receiver<()>) {
     let mut prev = Snapshot::default();
     let mut last = Instant::now();
@@ -367,5 +432,30 @@ impl Drop for Running {
         }
         self.shared.request_stop();
         let _ = self.join_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_expands_placeholders_and_escapes() {
+        assert_eq!(
+            banner_bytes("hi from {hostname} worker {worker}\\n", "box", 3).unwrap(),
+            b"hi from box worker 3\n"
+        );
+        assert_eq!(
+            banner_bytes("a\\tb\\r\\n\\\\", "", 0).unwrap(),
+            b"a\tb\r\n\\"
+        );
+        assert_eq!(banner_bytes("{worker}{worker}", "", 12).unwrap(), b"1212");
+        assert!(
+            banner_bytes("bad \\x", "", 0)
+                .unwrap_err()
+                .contains("'\\x'")
+        );
+        assert!(banner_bytes("trailing \\", "", 0).is_err());
+        assert!(!hostname().is_empty());
     }
 }

@@ -201,7 +201,10 @@ impl Worker {
                 .saturating_add(ticks_ceil(timeout))
                 .saturating_add(1)
                 .min(u64::from(Tick::MAX)) as Tick;
-            conn.push_stage(Box::new(ProxyStage::new(deadline, None)));
+            // The banner goes out once the header is whole (and the client admitted).
+            conn.push_stage(Box::new(ProxyStage::new(deadline, self.cfg.banner.clone())));
+        } else if let Some(banner) = &self.cfg.banner {
+            conn.queue_output(banner); // sent on the first writable edge, before any echo
         }
         let stored = self.conns.insert(fd, conn);
         debug_assert_eq!(stored, idx);

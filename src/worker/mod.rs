@@ -99,6 +99,8 @@ pub struct WorkerConfig {
     pub udp: Option<UdpConfig>,
     /// Per-client admission (`--max-conns-per-ip`, `--accept-rate-per-ip`, `--proxy-protocol`).
     pub per_ip: per_ip::PerIpConfig,
+    /// `--banner`, expanded for this worker: sent to each new connection before any echo.
+    pub banner: Option<Arc<[u8]>>,
 }
 
 /// The epoll token kinds. Clients use their slot index; the rest sit at the top of the range.
