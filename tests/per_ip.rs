@@ -1,9 +1,8 @@
 //! Per-IP limits and the PROXY protocol against the real binary, clients from several loopback
 //! source addresses (127.0.0.2, 127.0.0.3, …).
 //!
-//! Written before the wiring (issue 13): each test is `#[ignore]`d until the accept path and
-//! the connection's PROXY stage use `limits` and `proxy`; `cargo test --test per_ip --
-//! --ignored` runs them (today they fail: the flags parse but nothing enforces them).
+//! The accept path applies the limits to the socket's peer; with `--proxy-protocol` the
+//! connection's PROXY stage names the client and the limits apply to it at header time.
 
 mod common;
 
