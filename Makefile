@@ -6,10 +6,10 @@ STATIC_TARGET := x86_64-unknown-linux-gnu
 IMAGE ?= epoll-echo:latest
 DOCKER ?= docker
 
-.PHONY: build run test lint fmt clean static check-static check-image docker bench
+.PHONY: build run test lint fmt clean static check-static image check-container docker bench
 
 build:
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --workspace
 
 ## Start the server on $(PORT) (override: make run PORT=9000 ARGS="--maxListeners 4").
 run:
@@ -17,11 +17,11 @@ run:
 
 ## Lint, then every test (unit, integration against the real binary, echo-bench smoke).
 test: lint
-	$(CARGO) test --locked
+	$(CARGO) test --locked --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -31,21 +31,26 @@ clean:
 
 ## A statically linked (glibc, crt-static) build, as the Docker image ships it.
 static:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(STATIC_TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --workspace --target $(STATIC_TARGET)
 
 ## Runs the static binary alone in an empty root (chroot), as in FROM scratch.
 check-static: static
 	bash scripts/check-static.sh
 
-## Builds the Dockerfile's FROM scratch stage with podman and checks its config (needs podman).
-check-image: static
-	bash scripts/check-image.sh
+## The image from the host-built static binaries: the Dockerfile's own final stage, no
+## base image pulled (works without a registry).
+image: static
+	IMAGE=$(IMAGE) DOCKER=$(DOCKER) bash scripts/image.sh
 
-## The image (make docker DOCKER=podman works too).
+## The image under a real Docker engine, run the way users run it (starts dockerd if needed).
+check-container: image
+	IMAGE=$(IMAGE) bash scripts/check-container.sh
+
+## The image built from source in the rust:1-bookworm stage (needs a registry).
 docker:
 	$(DOCKER) build -t $(IMAGE) .
 
 ## Benchmarks (not tests): server pinned to CPU 0, load to CPU 1, references in the same run.
 bench:
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --workspace
 	python3 bench/run.py $(BENCH_ARGS)
