@@ -1,6 +1,6 @@
 //! The command line (clap derive). Bad values are rejected at parse time, naming the flag.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -81,6 +81,17 @@ pub struct Cli {
     /// Log level.
     #[arg(long, value_enum, value_name = "LEVEL", allow_hyphen_values = true)]
     pub log_level: Option<Level>,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off). An IP literal and
+    /// a port, e.g. 127.0.0.1:9100 or [::]:9100.
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("'{s}' is not an IP address and port, e.g. 127.0.0.1:9100 or [::]:9100")
+    })
 }
 
 fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
@@ -150,6 +161,7 @@ impl Cli {
             stats_interval: self.stats_interval,
             pin_cpus: self.pin_cpus,
             splice: self.splice,
+            metrics_addr: self.metrics_addr,
         }
     }
 }

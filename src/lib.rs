@@ -11,6 +11,7 @@ pub mod conn;
 pub mod duration;
 pub mod idle;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod stats;
 #[allow(unsafe_code)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::log::Level;
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::worker::{Worker, WorkerConfig};
-use crate::{log, sys};
+use crate::{log, metrics, sys};
 
 /// Descriptors each worker holds besides its clients: listener, epoll, both wake-pipe ends,
 /// the reserve descriptor.
@@ -40,6 +40,8 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     pub pin_cpus: bool,
     pub splice: bool,
+    /// Serve Prometheus metrics here (`--metrics-addr`); `None`: off.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             stats_interval: None,
             pin_cpus: false,
             splice: false,
+            metrics_addr: None,
         }
     }
 }
@@ -106,6 +109,7 @@ pub struct Running {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
     stats_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    metrics: Option<metrics::Endpoint>,
     started: Instant,
 }
 
@@ -153,6 +157,11 @@ impl Server {
             wake_readers,
         } = self;
         let nofile = sys::raise_nofile_limit()?;
+        // Bound first: a bad --metrics-addr fails before any echo listener exists.
+        let metrics = config
+            .metrics_addr
+            .map(|a| metrics::Endpoint::start(a, shared.clone()))
+            .transpose()?;
         if config.splice {
             sys::ignore_sigpipe();
         }
@@ -249,6 +258,7 @@ impl Server {
             shared,
             workers,
             stats_thread,
+            metrics,
             started: Instant::now(),
         })
     }
@@ -280,6 +290,11 @@ impl Running {
         ShutdownHandle(self.shared.clone())
     }
 
+    /// Where `/metrics` is served (`--metrics-addr`, with the real port).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(metrics::Endpoint::local_addr)
+    }
+
     /// Current totals across workers.
     pub fn stats(&self) -> Snapshot {
         stats::total(&self.shared.stats)
@@ -302,6 +317,9 @@ impl Running {
         if let Some((tx, handle)) = self.stats_thread {
             drop(tx);
             let _ = handle.join();
+        }
+        if let Some(m) = self.metrics {
+            m.stop();
         }
         result?;
         Ok(Summary {

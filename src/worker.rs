@@ -435,6 +435,7 @@ impl Worker {
                 drop(client);
                 self.counters.accepted += 1;
                 self.counters.refused += 1;
+                self.counters.refused_no_fds += 1;
                 shed = true;
             }
             self.reserve = sys::eventfd().ok();
