@@ -24,9 +24,10 @@ pub struct Cli {
     )]
     pub port: u16,
 
-    /// IP address to listen on (IPv4 or IPv6 literal, e.g. 127.0.0.1, ::1, ::).
-    #[arg(long, default_value = "0.0.0.0", allow_hyphen_values = true)]
-    pub host: IpAddr,
+    /// IP address to listen on (IPv4 or IPv6 literal, e.g. 127.0.0.1, ::1, ::) [default: ::
+    /// accepting IPv4 and IPv6 (dual-stack), or 0.0.0.0 where IPv6 is unavailable].
+    #[arg(long, allow_hyphen_values = true)]
+    pub host: Option<IpAddr>,
 
     /// Worker threads, each with its own listener and epoll instance [default: CPUs available].
     #[arg(long = "maxListeners", visible_alias = "max-listeners", env = "MAX_LISTENERS",

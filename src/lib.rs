@@ -10,6 +10,7 @@ pub mod cli;
 pub mod conn;
 pub mod duration;
 pub mod idle;
+pub mod listeners;
 pub mod log;
 pub mod metrics;
 pub mod server;

@@ -6,7 +6,7 @@
 //! server is either fully listening or not running at all.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::log::Level;
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::worker::{Worker, WorkerConfig};
-use crate::{log, metrics, sys};
+use crate::{listeners, log, metrics, sys};
 
 /// Descriptors each worker holds besides its clients: listener, epoll, both wake-pipe ends,
 /// the reserve descriptor.
@@ -27,7 +27,8 @@ pub const FDS_FOR_PROCESS: u64 = 24;
 /// Everything the server needs; the command line fills it in (`cli`), tests build it directly.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub host: IpAddr,
+    /// `None`: dual-stack `::` where IPv6 exists, else `0.0.0.0` ([`listeners::default_host`]).
+    pub host: Option<IpAddr>,
     pub port: u16,
     pub workers: usize,
     pub backlog: i32,
@@ -47,7 +48,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            host: None,
             port: 8080,
             workers: num_cpus::get(),
             backlog: 1024,
@@ -70,6 +71,8 @@ pub struct Shared {
     /// Open client connections across all workers (for `--max-connections`).
     pub active: AtomicUsize,
     pub stats: Vec<WorkerStats>,
+    /// Every worker's listener (duplicates): handed on by a restart, closed at shutdown.
+    pub listeners: listeners::Set,
 }
 
 /// Asks the server to shut down gracefully. Cheap to clone, safe from a signal-handling thread.
@@ -80,6 +83,8 @@ impl ShutdownHandle {
     /// Wakes every worker. Returns `false` if shutdown had already been asked for.
     pub fn shutdown(&self) -> bool {
         let first = !self.0.stop.swap(true, Ordering::SeqCst);
+        // Our duplicates first, so the listeners close as the workers drop theirs.
+        self.0.listeners.close_all();
         for w in &self.0.wakers {
             // A full pipe already holds a wake-up; nothing else can fail here.
             let _ = sys::write(w.as_fd(), &[1]);
@@ -116,7 +121,17 @@ pub struct Running {
 impl Server {
     /// Creates the wake pipes. Install the signal handler on [`Server::shutdown_handle`]
     /// before [`Server::start`], so a signal during startup is not lost.
-    pub fn new(config: Config) -> io::Result<Server> {
+    pub fn new(mut config: Config) -> io::Result<Server> {
+        // Every inherited listener needs a worker to accept on it (see `listeners`).
+        let inherited = listeners::inherited_count();
+        if inherited > config.workers {
+            log!(
+                Level::Info,
+                "running {inherited} workers, one per inherited listener (configured: {})",
+                config.workers
+            );
+            config.workers = inherited;
+        }
         if config.workers == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -137,6 +152,7 @@ impl Server {
             stats: (0..config.workers)
                 .map(|_| WorkerStats::default())
                 .collect(),
+            listeners: listeners::Set::default(),
         });
         Ok(Server {
             config,
@@ -177,7 +193,8 @@ impl Server {
             );
         }
         let cpus = num_cpus::get();
-        let mut addr = SocketAddr::new(config.host, config.port);
+        let host = config.host.unwrap_or_else(listeners::default_host);
+        let mut addr = SocketAddr::new(host, config.port);
         let mut workers = Vec::with_capacity(config.workers);
         for (id, wake) in wake_readers.into_iter().enumerate() {
             let cfg = WorkerConfig {

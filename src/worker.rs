@@ -36,8 +36,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-
 use crate::conn::{Conn, Moved, Outcome, SplicePipe, flag};
 use crate::idle::IdleList;
 use crate::log::Level;
@@ -145,32 +143,6 @@ fn peer(fd: &OwnedFd) -> String {
     }
 }
 
-/// Creates the listening socket: new → SO_REUSEPORT → nonblocking → bind → listen.
-fn listen(cfg: &WorkerConfig) -> io::Result<Socket> {
-    let step = |what: &str, e: io::Error| {
-        io::Error::new(e.kind(), format!("worker {}: {what}: {e}", cfg.id))
-    };
-    let domain = Domain::for_address(cfg.addr);
-    let socket = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
-        .map_err(|e| step("create socket", e))?;
-    socket
-        .set_reuse_address(true)
-        .map_err(|e| step("set SO_REUSEADDR", e))?;
-    socket
-        .set_reuse_port(true)
-        .map_err(|e| step("set SO_REUSEPORT", e))?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| step("set O_NONBLOCK", e))?;
-    socket
-        .bind(&cfg.addr.into())
-        .map_err(|e| step(&format!("bind {}", cfg.addr), e))?;
-    socket
-        .listen(cfg.backlog)
-        .map_err(|e| step(&format!("listen on {}", cfg.addr), e))?;
-    Ok(socket)
-}
-
 impl Worker {
     /// Binds this worker's listener and sets up its epoll instance. Runs on the worker thread.
     pub fn bind(cfg: WorkerConfig, shared: Arc<Shared>, wake: OwnedFd) -> io::Result<Worker> {
@@ -182,7 +154,7 @@ impl Worker {
                 )
             })?;
         }
-        let socket = listen(&cfg)?;
+        let socket = crate::listeners::open(cfg.id, cfg.addr, cfg.backlog, &shared.listeners)?;
         let local_addr = socket
             .local_addr()?
             .as_socket()
@@ -468,7 +440,11 @@ impl Worker {
         if self.drain_deadline.is_some() {
             return;
         }
-        self.listener = None; // close(2) also removes it from epoll
+        // Out of epoll explicitly: after a graceful restart the new process holds the same
+        // socket, so close(2) alone would leave it registered here (and always ready).
+        if let Some(listener) = self.listener.take() {
+            let _ = self.epoll.delete(listener.as_fd());
+        }
         self.paused_until = None;
         self.drain_deadline = Some(self.now + self.cfg.shutdown_timeout);
         self.drain_tick = Some(self.now + DRAIN_TICK);
