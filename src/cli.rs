@@ -87,6 +87,11 @@ pub struct Cli {
     /// a port, e.g. 127.0.0.1:9100 or [::]:9100.
     #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Write the serving process's pid here (atomically); a graceful restart (SIGUSR2) hands
+    /// it to the new process; removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {

@@ -13,6 +13,7 @@ pub mod idle;
 pub mod listeners;
 pub mod log;
 pub mod metrics;
+pub mod restart;
 pub mod server;
 pub mod stats;
 #[allow(unsafe_code)]

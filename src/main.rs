@@ -1,12 +1,21 @@
-//! Thin entry point: parse flags, install the signal handler, run the library, map the exit.
+//! Thin entry point: parse flags, install the signal handling, run the library, map the exit.
+//!
+//! Signals (one thread reads them, via signal-hook's self-pipe):
+//! - SIGINT, SIGTERM: drain gracefully; a second one exits at once with status 130.
+//! - SIGHUP: reload (the server's reload hooks); serving goes on.
+//! - SIGUSR2: graceful restart — a new process takes the listeners over (see `restart`).
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use epoll_echo::Server;
 use epoll_echo::cli::Cli;
 use epoll_echo::log::{self, Level};
+use epoll_echo::restart::{self, PidFile, Restarter};
+use epoll_echo::{Server, ShutdownHandle, listeners};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // bad flags: message naming the flag, exit 2
@@ -21,24 +30,63 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> std::io::Result<()> {
+    // A graceful restart's child: take over the inherited descriptors before anything else.
+    listeners::adopt_inherited()?;
+    let ready = restart::adopt_ready_pipe()?;
+    let restarter = Arc::new(Restarter::new());
     let server = Server::new(cli.config())?;
     // Installed before any listener binds: a signal that arrives as soon as the port accepts
-    // still shuts down gracefully. A second signal exits at once.
+    // still shuts down gracefully.
     let handle = server.shutdown_handle();
-    let signals = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) > 0 {
-            std::process::exit(130);
-        }
-        epoll_echo::log!(
-            Level::Info,
-            "signal received: draining (signal again to exit now)"
-        );
-        handle.shutdown();
-    })
-    .map_err(std::io::Error::other)?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
+    let signals_handle = signals.handle();
+    let reader = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let restarting = Arc::new(AtomicBool::new(false));
+            let mut stops = 0;
+            for sig in signals.forever() {
+                match sig {
+                    SIGINT | SIGTERM => {
+                        stops += 1;
+                        if stops > 1 {
+                            std::process::exit(130);
+                        }
+                        epoll_echo::log!(
+                            Level::Info,
+                            "signal received: draining (signal again to exit now)"
+                        );
+                        handle.shutdown();
+                    }
+                    SIGHUP => handle.reload(),
+                    SIGUSR2 => restart_in_background(&restarter, &handle, &restarting),
+                    _ => {}
+                }
+            }
+        })?;
     let running = server.start()?;
-    let summary = running.wait()?;
+    let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose();
+    let pid_file = match pid_file {
+        Ok(p) => p,
+        Err(e) => {
+            running.shutdown_handle().shutdown();
+            let _ = running.wait();
+            return Err(e);
+        }
+    };
+    if let Some(pipe) = ready {
+        // The old process may have given up on us meanwhile: then it no longer reads.
+        if let Err(e) = restart::signal_ready(pipe) {
+            epoll_echo::log!(Level::Warn, "restart: could not tell the old process: {e}");
+        }
+    }
+    let summary = running.wait();
+    if let Some(p) = pid_file {
+        p.remove();
+    }
+    signals_handle.close();
+    let _ = reader.join();
+    let summary = summary?;
     let t = summary.totals;
     if log::enabled(Level::Info) {
         eprintln!(
@@ -52,4 +100,30 @@ fn run(cli: &Cli) -> std::io::Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGUSR2: one restart at a time, on its own thread (it waits for the new process, and
+/// SIGTERM must still be handled meanwhile).
+fn restart_in_background(
+    restarter: &Arc<Restarter>,
+    handle: &ShutdownHandle,
+    restarting: &Arc<AtomicBool>,
+) {
+    if restarting.swap(true, Ordering::SeqCst) {
+        epoll_echo::log!(Level::Warn, "restart: already in progress; SIGUSR2 ignored");
+        return;
+    }
+    let (r, h, flag) = (restarter.clone(), handle.clone(), restarting.clone());
+    let spawned = std::thread::Builder::new()
+        .name("restart".into())
+        .spawn(move || {
+            if let Err(e) = r.restart(&h) {
+                epoll_echo::log!(Level::Error, "restart failed, still serving: {e}");
+            }
+            flag.store(false, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        epoll_echo::log!(Level::Error, "restart failed, still serving: spawn: {e}");
+        restarting.store(false, Ordering::SeqCst);
+    }
 }

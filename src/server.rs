@@ -9,7 +9,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -64,16 +64,30 @@ impl Default for Config {
     }
 }
 
+impl Shared {
+    /// See [`ShutdownHandle::hand_over`].
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::SeqCst)
+    }
+}
+
 /// State the workers and the shutdown handle share.
 pub struct Shared {
     stop: AtomicBool,
+    /// The shutdown is a graceful restart's hand-over (see [`ShutdownHandle::hand_over`]).
+    handing_over: AtomicBool,
     wakers: Vec<OwnedFd>,
     /// Open client connections across all workers (for `--max-connections`).
     pub active: AtomicUsize,
     pub stats: Vec<WorkerStats>,
     /// Every worker's listener (duplicates): handed on by a restart, closed at shutdown.
     pub listeners: listeners::Set,
+    /// Run on SIGHUP ([`ShutdownHandle::reload`]), in registration order.
+    reload_hooks: Mutex<Vec<ReloadHook>>,
 }
+
+/// Something SIGHUP reloads (e.g. TLS certificates): returns a line for the log, or why not.
+pub type ReloadHook = Box<dyn Fn() -> io::Result<String> + Send + Sync>;
 
 /// Asks the server to shut down gracefully. Cheap to clone, safe from a signal-handling thread.
 #[derive(Clone)]
@@ -90,6 +104,44 @@ impl ShutdownHandle {
             let _ = sys::write(w.as_fd(), &[1]);
         }
         first
+    }
+
+    /// Shutdown after a graceful restart's new process took the listeners over: as
+    /// [`ShutdownHandle::shutdown`], but a connection that is silent right now is not closed
+    /// at once — it may have been accepted a moment ago, its first bytes still in flight — it
+    /// gets one whole quiet drain tick, like a busy one.
+    pub fn hand_over(&self) -> bool {
+        self.0.handing_over.store(true, Ordering::SeqCst);
+        self.shutdown()
+    }
+
+    /// True once shutdown has been asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.stop.load(Ordering::SeqCst)
+    }
+
+    /// SIGHUP: runs every reload hook ([`Server::on_reload`]) and logs what each one did.
+    /// Serving goes on whatever they return.
+    pub fn reload(&self) {
+        let hooks = self
+            .0
+            .reload_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if hooks.is_empty() {
+            log!(Level::Info, "reload: nothing to reload");
+        }
+        for hook in hooks.iter() {
+            match hook() {
+                Ok(what) => log!(Level::Info, "reload: {what}"),
+                Err(e) => log!(Level::Warn, "reload failed, keeping the old state: {e}"),
+            }
+        }
+    }
+
+    /// The listeners in use (for a graceful restart to hand on).
+    pub fn listeners(&self) -> &listeners::Set {
+        &self.0.listeners
     }
 }
 
@@ -147,12 +199,14 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             wakers,
             active: AtomicUsize::new(0),
             stats: (0..config.workers)
                 .map(|_| WorkerStats::default())
                 .collect(),
             listeners: listeners::Set::default(),
+            reload_hooks: Mutex::new(Vec::new()),
         });
         Ok(Server {
             config,
@@ -163,6 +217,15 @@ impl Server {
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shared.clone())
+    }
+
+    /// Adds something for SIGHUP to reload (TLS: `server.on_reload(Box::new(move || ...))`).
+    pub fn on_reload(&self, hook: ReloadHook) {
+        self.shared
+            .reload_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// Binds every worker's listener and starts serving.

@@ -456,9 +456,15 @@ impl Worker {
         // Look at every connection once more: data may have arrived whose edge we have not
         // handled yet. Those with nothing to read and nothing to send are closed after that
         // read (FIN); the busy ones are served until they have been quiet for a drain tick.
+        // After a restart's hand-over, a silent connection also gets a whole quiet tick.
+        let grace = if self.shared.handing_over() {
+            flag::ACTIVE
+        } else {
+            0
+        };
         for idx in 0..self.slab.len() as u32 {
             if let Some(c) = self.slab[idx as usize].as_mut() {
-                c.flags = (c.flags | flag::READABLE) & !flag::ACTIVE;
+                c.flags = ((c.flags | flag::READABLE) & !flag::ACTIVE) | grace;
                 if !c.has(flag::QUEUED) {
                     c.flags |= flag::QUEUED;
                     self.run.push(idx);
