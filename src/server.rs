@@ -18,9 +18,9 @@ use crate::stats::{self, Snapshot, WorkerStats};
 use crate::worker::{Worker, WorkerConfig};
 use crate::{listeners, log, metrics, sys};
 
-/// Descriptors each worker holds besides its clients: listener, epoll, both wake-pipe ends,
-/// the reserve descriptor.
-pub const FDS_PER_WORKER: u64 = 5;
+/// Descriptors each worker holds besides its clients: listener, its duplicate kept for
+/// restarts (`listeners::Set`), epoll, both wake-pipe ends, the reserve descriptor.
+pub const FDS_PER_WORKER: u64 = 6;
 /// Descriptors for the rest of the process: stdio, the signal handler's pipe, and headroom.
 pub const FDS_FOR_PROCESS: u64 = 24;
 
