@@ -3,7 +3,7 @@
 //!
 //! - **Dual-stack default**: with no `--host`, the server listens on `::` with `IPV6_V6ONLY`
 //!   off, so IPv4 clients arrive as v4-mapped addresses on the same socket; where IPv6 is
-//!   absent (no `AF_INET6`, or `::` cannot be bound) it falls back to `0.0.0.0`
+//!   absent (no `AF_INET6`, no `::1`, or `::` cannot be bound) it falls back to `0.0.0.0`
 //!   ([`default_host`]). An explicit `--host` is used as given (`::` also with V6ONLY off).
 //! - **Inherited listeners**: `EPOLL_ECHO_INHERIT=W:FD,W:FD,...` names the descriptors a
 //!   parent left open for worker `W`. [`adopt_inherited`] takes them at startup; [`open`]
@@ -29,20 +29,22 @@ pub const INHERIT_ENV: &str = "EPOLL_ECHO_INHERIT";
 /// Inherited listeners not yet taken by a worker, by worker id.
 static INHERITED: Mutex<BTreeMap<usize, OwnedFd>> = Mutex::new(BTreeMap::new());
 
-/// The address to listen on when `--host` is not given: `::` (dual-stack) if this system
-/// can bind it, else `0.0.0.0`.
+/// The address to listen on when `--host` is not given: `::` (dual-stack) if this system has
+/// IPv6 — an `AF_INET6` socket can bind the IPv6 loopback `::1` (absent where IPv6 is off, as
+/// in a Docker container without IPv6) and `::` with V6ONLY off — else `0.0.0.0`.
 pub fn default_host() -> IpAddr {
-    let probe = || -> io::Result<()> {
+    let probe = |ip: Ipv6Addr| -> io::Result<()> {
         let s = Socket::new(Domain::IPV6, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
         s.set_only_v6(false)?;
-        s.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0).into())
+        s.bind(&SocketAddr::new(ip.into(), 0).into())
+            .map_err(|e| io::Error::new(e.kind(), format!("bind [{ip}]:0: {e}")))
     };
-    match probe() {
+    match probe(Ipv6Addr::LOCALHOST).and_then(|()| probe(Ipv6Addr::UNSPECIFIED)) {
         Ok(()) => Ipv6Addr::UNSPECIFIED.into(),
         Err(e) => {
             crate::log!(
                 crate::log::Level::Info,
-                "IPv6 unavailable ({e}): listening on 0.0.0.0 only"
+                "IPv6 unavailable ({e}): serving IPv4 only, on 0.0.0.0"
             );
             Ipv4Addr::UNSPECIFIED.into()
         }

@@ -69,3 +69,110 @@ fn explicit_host_is_used_as_given() {
         "--host 127.0.0.1 must not accept IPv6"
     );
 }
+
+/// A network namespace of our own with IPv6 disabled (its own sysctls, not the host's).
+struct NetNs(String);
+
+impl NetNs {
+    fn without_ipv6() -> Option<NetNs> {
+        let name = format!("epoll-echo-v4only-{}", std::process::id());
+        let ok = |args: &[&str]| {
+            Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ok(&["ip", "netns", "add", &name]) {
+            return None;
+        }
+        let ns = NetNs(name);
+        for args in [
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns.0,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ][..],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns.0,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns.0,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.lo.disable_ipv6=1",
+            ],
+            &["ip", "-n", &ns.0, "link", "set", "lo", "up"],
+        ] {
+            assert!(ok(args), "{args:?}");
+        }
+        Some(ns)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn no_host_falls_back_to_ipv4_where_ipv6_is_off() {
+    let Some(ns) = NetNs::without_ipv6() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ip netns add failed (CI runs as root)"
+        );
+        eprintln!("skipping: cannot create a network namespace (not root?)");
+        return;
+    };
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns.0,
+        BIN,
+        "--port",
+        "0",
+        "--maxListeners",
+        "2",
+    ]);
+    let srv = ServerProc::spawn(cmd);
+    assert_eq!(srv.addr.ip().to_string(), "0.0.0.0", "{}", srv.stderr());
+    assert!(
+        wait_until(Duration::from_secs(5), || srv
+            .stderr()
+            .contains("IPv6 unavailable")),
+        "{}",
+        srv.stderr()
+    );
+    // An IPv4 client inside the namespace is echoed.
+    let port = srv.addr.port().to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c"])
+        .arg(
+            "import socket,sys; s=socket.create_connection(('127.0.0.1',int(sys.argv[1])),5); \
+             s.sendall(b'v4 only'); s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())",
+        )
+        .arg(&port)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "v4 only",
+        "{out:?}"
+    );
+    drop(srv);
+}
