@@ -262,3 +262,70 @@ fn a_new_process_that_fails_leaves_the_old_one_serving() {
     assert!(!pid_file.exists(), "pid file left behind");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_new_process_that_never_gets_ready_is_killed_after_the_timeout() {
+    become_subreaper();
+    let dir = temp_dir("restart-hang");
+    let exe = dir.join("epoll-echo");
+    std::fs::copy(BIN, &exe).unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--host", "127.0.0.1", "--port", "0", "--maxListeners", "1"]);
+    let mut srv = ServerProc::spawn(cmd);
+    let fds = srv.fd_count();
+    // The "upgrade" keeps the inherited descriptors open and never says it is ready.
+    let hang = dir.join("hang");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&hang, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&hang, &exe).unwrap();
+    let t = Instant::now();
+    srv.signal("USR2");
+    assert!(
+        wait_until(Duration::from_secs(30), || srv
+            .stderr()
+            .contains("restart failed, still serving")),
+        "{}",
+        srv.stderr()
+    );
+    assert!(t.elapsed() >= Duration::from_secs(9), "gave up early");
+    assert!(
+        srv.stderr().contains("not ready within 10s"),
+        "{}",
+        srv.stderr()
+    );
+    let child: i32 = srv
+        .stderr()
+        .split(" as pid ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the child's pid in the log");
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(child)),
+        "the hung child {child} still runs"
+    );
+    let data = pattern(10_000, 6);
+    assert!(echo_round(srv.addr, &data) == data);
+    assert!(
+        wait_until(Duration::from_secs(5), || srv.fd_count() == fds),
+        "descriptors for the child not closed"
+    );
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unwritable_pid_file_exits_1_naming_it() {
+    let out = Command::new(BIN)
+        .args(["--host", "127.0.0.1", "--port", "0", "--maxListeners", "1"])
+        .args(["--pid-file", "/nonexistent-dir/echo.pid"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--pid-file /nonexistent-dir/echo.pid"),
+        "{err}"
+    );
+}
