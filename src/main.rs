@@ -74,11 +74,16 @@ fn run(cli: &Cli) -> std::io::Result<()> {
             return Err(e);
         }
     };
-    if let Some(pipe) = ready {
-        // The old process may have given up on us meanwhile: then it no longer reads.
-        if let Err(e) = restart::signal_ready(pipe) {
-            epoll_echo::log!(Level::Warn, "restart: could not tell the old process: {e}");
-        }
+    if let Some(pipe) = ready
+        && let Err(e) = restart::signal_ready(pipe)
+    {
+        // The old process is gone (it would have killed us had it given up on us): it was
+        // told to stop while we started, so this process stops too.
+        epoll_echo::log!(
+            Level::Warn,
+            "restart: the old process is gone ({e}); shutting down"
+        );
+        running.shutdown_handle().shutdown();
     }
     let summary = running.wait();
     if let Some(p) = pid_file {

@@ -118,11 +118,18 @@ impl Restarter {
                 .map_or_else(|e| e.to_string(), |s| s.to_string());
             return Err(io::Error::other(format!("{why} ({status})")));
         }
+        if !handle.hand_over() {
+            // SIGINT/SIGTERM arrived while the new process was starting: the operator wants
+            // the service stopped, so the new process is asked to drain and stop too.
+            sys::terminate(pid)?;
+            return Err(io::Error::other(format!(
+                "asked to shut down meanwhile; sent SIGTERM to pid {pid}"
+            )));
+        }
         log!(
             Level::Info,
             "restart: pid {pid} is serving; draining this process"
         );
-        handle.hand_over();
         Ok(())
     }
 }

@@ -111,6 +111,9 @@ impl ShutdownHandle {
     /// at once — it may have been accepted a moment ago, its first bytes still in flight — it
     /// gets one whole quiet drain tick, like a busy one.
     pub fn hand_over(&self) -> bool {
+        if self.is_shutting_down() {
+            return false;
+        }
         self.0.handing_over.store(true, Ordering::SeqCst);
         self.shutdown()
     }

@@ -348,3 +348,10 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> 
     let n = retry(|| syscall!(poll(&mut p, 1, ms)))?;
     Ok(n > 0)
 }
+
+/// Sends SIGTERM to process `pid` (a child this process started).
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    syscall!(kill(pid, libc::SIGTERM))?;
+    Ok(())
+}

@@ -24,6 +24,28 @@ fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// Writes an executable file from a child process (`sh`), never from this one: a file this
+/// multi-threaded test process held open for writing could be inherited by a child another
+/// test thread forks at that moment, and exec'ing the file would then fail with ETXTBSY.
+fn write_exe(path: &Path, content: &[u8]) {
+    let mut sh = Command::new("sh")
+        .args([
+            "-c",
+            "cat > \"$1.tmp\" && chmod 755 \"$1.tmp\" && mv \"$1.tmp\" \"$1\"",
+            "sh",
+        ])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sh.stdin.take().unwrap().write_all(content).unwrap();
+    assert!(sh.wait().unwrap().success(), "write {}", path.display());
+}
+
+fn copy_exe(to: &Path) {
+    write_exe(to, &std::fs::read(BIN).unwrap());
+}
+
 fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -56,6 +78,24 @@ fn reap(pid: i32, timeout: Duration) -> Option<i32> {
         }
         std::thread::sleep(Duration::from_millis(10)); // bounded by the deadline above
     }
+}
+
+/// Exit code of `pid`: through std for the test's own child (so std never signals a reaped
+/// pid), through [`reap`] for the orphans adopted as subreaper.
+fn exit_code(srv: &mut ServerProc, pid: i32, timeout: Duration) -> Option<i32> {
+    if pid != srv.pid() as i32 {
+        return reap(pid, timeout);
+    }
+    let mut code = None;
+    wait_until(timeout, || {
+        code = srv
+            .child
+            .try_wait()
+            .unwrap()
+            .map(|s| s.code().unwrap_or(-1));
+        code.is_some()
+    });
+    code
 }
 
 fn alive(pid: i32) -> bool {
@@ -116,7 +156,7 @@ fn three_restarts_under_churn_refuse_nothing() {
     become_subreaper();
     let dir = temp_dir("restart");
     let pid_file = dir.join("echo.pid");
-    let srv = ServerProc::start(&[
+    let mut srv = ServerProc::start(&[
         "--maxListeners",
         "2",
         "--pid-file",
@@ -160,7 +200,7 @@ fn three_restarts_under_churn_refuse_nothing() {
             "restart {round}: pid {new} in the pid file is not running"
         );
         assert_eq!(
-            reap(pid, Duration::from_secs(15)),
+            exit_code(&mut srv, pid, Duration::from_secs(15)),
             Some(0),
             "restart {round}: old pid {pid} did not exit 0: {}",
             srv.stderr()
@@ -213,7 +253,7 @@ fn a_new_process_that_fails_leaves_the_old_one_serving() {
     let dir = temp_dir("restart-fail");
     // A copy of the binary we can replace by a broken "upgrade".
     let exe = dir.join("epoll-echo");
-    std::fs::copy(BIN, &exe).unwrap();
+    copy_exe(&exe);
     let pid_file = dir.join("echo.pid");
     let mut cmd = Command::new(&exe);
     cmd.args(["--host", "127.0.0.1", "--port", "0", "--maxListeners", "2"])
@@ -223,10 +263,7 @@ fn a_new_process_that_fails_leaves_the_old_one_serving() {
     let pid = srv.pid() as i32;
     assert!(wait_until(Duration::from_secs(5), || read_pid(&pid_file) == Some(pid)));
     let fds = srv.fd_count();
-    let broken = dir.join("broken");
-    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
-    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::rename(&broken, &exe).unwrap();
+    write_exe(&exe, b"#!/bin/sh\nexit 3\n");
 
     srv.signal("USR2");
     assert!(
@@ -268,16 +305,13 @@ fn a_new_process_that_never_gets_ready_is_killed_after_the_timeout() {
     become_subreaper();
     let dir = temp_dir("restart-hang");
     let exe = dir.join("epoll-echo");
-    std::fs::copy(BIN, &exe).unwrap();
+    copy_exe(&exe);
     let mut cmd = Command::new(&exe);
     cmd.args(["--host", "127.0.0.1", "--port", "0", "--maxListeners", "1"]);
     let mut srv = ServerProc::spawn(cmd);
     let fds = srv.fd_count();
     // The "upgrade" keeps the inherited descriptors open and never says it is ready.
-    let hang = dir.join("hang");
-    std::fs::write(&hang, "#!/bin/sh\nexec sleep 60\n").unwrap();
-    std::fs::set_permissions(&hang, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::rename(&hang, &exe).unwrap();
+    write_exe(&exe, b"#!/bin/sh\nexec sleep 60\n");
     let t = Instant::now();
     srv.signal("USR2");
     assert!(
@@ -328,4 +362,50 @@ fn an_unwritable_pid_file_exits_1_naming_it() {
         err.contains("--pid-file /nonexistent-dir/echo.pid"),
         "{err}"
     );
+}
+
+/// SIGTERM while the new process is still starting: the old one drains and exits, and the
+/// new one, finding nobody to hand over to, stops as well (no orphan keeps serving).
+#[test]
+fn sigterm_during_a_restart_stops_the_new_process_too() {
+    become_subreaper();
+    let dir = temp_dir("restart-term");
+    let exe = dir.join("epoll-echo");
+    let real = dir.join("epoll-echo-real");
+    copy_exe(&exe);
+    copy_exe(&real);
+    let pid_file = dir.join("echo.pid");
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--host", "127.0.0.1", "--port", "0", "--maxListeners", "1"])
+        .arg("--pid-file")
+        .arg(&pid_file);
+    let mut srv = ServerProc::spawn(cmd);
+    let script = format!("#!/bin/sh\nsleep 1\nexec '{}' \"$@\"\n", real.display());
+    write_exe(&exe, script.as_bytes());
+    srv.signal("USR2");
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .stderr()
+        .contains("waiting for it to serve")));
+    srv.signal("TERM");
+    let child: i32 = srv
+        .stderr()
+        .split(" as pid ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the child's pid in the log");
+    let old = srv.pid() as i32;
+    assert_eq!(
+        exit_code(&mut srv, old, Duration::from_secs(15)),
+        Some(0),
+        "old process"
+    );
+    assert_eq!(
+        reap(child, Duration::from_secs(15)),
+        Some(0),
+        "the new process did not stop: {}",
+        srv.stderr()
+    );
+    assert!(!pid_file.exists(), "pid file left behind");
+    let _ = std::fs::remove_dir_all(&dir);
 }
