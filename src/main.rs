@@ -5,6 +5,7 @@
 //! - SIGHUP: reload (the server's reload hooks); serving goes on.
 //! - SIGUSR2: graceful restart — a new process takes the listeners over (see `restart`).
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("epoll-echo: error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "epoll-echo: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -52,11 +53,11 @@ fn run(cli: &Cli) -> std::io::Result<()> {
                         if stops > 1 {
                             std::process::exit(130);
                         }
+                        handle.shutdown();
                         epoll_echo::log!(
                             Level::Info,
                             "signal received: draining (signal again to exit now)"
                         );
-                        handle.shutdown();
                     }
                     SIGHUP => handle.reload(),
                     SIGUSR2 => restart_in_background(&restarter, &handle, &restarting),
@@ -94,7 +95,8 @@ fn run(cli: &Cli) -> std::io::Result<()> {
     let summary = summary?;
     let t = summary.totals;
     if log::enabled(Level::Info) {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s",
             t.accepted,
             t.refused,

@@ -45,3 +45,41 @@ fn sighup_reloads_and_keeps_serving_then_sigterm_drains() {
     srv.assert_exit(0, Duration::from_secs(15));
     assert!(srv.stderr().contains("shutdown: "), "{}", srv.stderr());
 }
+
+/// With stderr gone (a closed pipe: the log reader died), SIGTERM must still stop the server:
+/// a log line that cannot be written is dropped, never a panic in the signal thread.
+#[test]
+fn sigterm_still_works_when_stderr_is_a_closed_pipe() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .args(["--host", "127.0.0.1", "--port", "0", "--maxListeners", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    drop(err); // the read end closes: every later write to stderr fails with EPIPE
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    wait_until(Duration::from_secs(10), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let _ = child.kill();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "no clean exit after SIGTERM with stderr closed"
+    );
+}
