@@ -95,6 +95,14 @@ pub const METRICS: &[Metric] = &[
     total(Counter, "epoll_echo_bytes_sent_total", "Bytes echoed back to clients.", &[("", |s| s.bytes_out)]),
     per_worker(Gauge, "epoll_echo_worker_connections_active", "TCP connections open now, per worker (SO_REUSEPORT balance).", &[("", |s| s.active)]),
     per_worker(Counter, "epoll_echo_worker_connections_accepted_total", "TCP connections accepted, per worker.", &[("", |s| s.accepted)]),
+    total(Counter, "epoll_echo_udp_datagrams_received_total", "UDP datagrams received (--udp-port).", &[("", |s| s.udp.received)]),
+    total(Counter, "epoll_echo_udp_datagrams_sent_total", "UDP datagrams echoed back.", &[("", |s| s.udp.echoed)]),
+    total(Counter, "epoll_echo_udp_datagrams_dropped_total", "UDP datagrams not answered, by reason.", &[
+        ("reason=\"source_port\"", |s| s.udp.drop_port),
+        ("reason=\"rate\"", |s| s.udp.drop_rate),
+        ("reason=\"send_buffer_full\"", |s| s.udp.drop_full),
+        ("reason=\"error\"", |s| s.udp.errors),
+    ]),
 ];
 
 /// Renders every metric in the text exposition format 0.0.4.
