@@ -6,7 +6,7 @@ STATIC_TARGET := x86_64-unknown-linux-gnu
 IMAGE ?= epoll-echo:latest
 DOCKER ?= docker
 
-.PHONY: build run test lint fmt clean static check-static check-image docker bench soak fuzz
+.PHONY: build run test test-deps lint fmt clean static check-static image check-container docker bench soak fuzz
 
 build:
 	$(CARGO) build --release --locked --workspace
@@ -15,9 +15,13 @@ build:
 run:
 	$(CARGO) run --release --locked --bin epoll-echo -- --port $(PORT) $(ARGS)
 
-## Lint, then every test (unit, integration against the real binary, echo-bench smoke).
-test: lint
+## Installs the test peers that are missing (scripts/test-deps.sh), lints, then every test
+## (unit, simulator, integration against the real binary with real clients, echo-bench).
+test: test-deps lint
 	$(CARGO) test --locked --workspace
+
+test-deps:
+	@bash scripts/test-deps.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -37,11 +41,16 @@ static:
 check-static: static
 	bash scripts/check-static.sh
 
-## Builds the Dockerfile's FROM scratch stage with podman and checks its config (needs podman).
-check-image: static
-	bash scripts/check-image.sh
+## The image from the host-built static binaries: the Dockerfile's own final stage, no
+## base image pulled (works without a registry).
+image: static
+	IMAGE=$(IMAGE) DOCKER=$(DOCKER) bash scripts/image.sh
 
-## The image (make docker DOCKER=podman works too).
+## The image under a real Docker engine, run the way users run it (starts dockerd if needed).
+check-container: image
+	IMAGE=$(IMAGE) bash scripts/check-container.sh
+
+## The image built from source in the rust:1-bookworm stage (needs a registry).
 docker:
 	$(DOCKER) build -t $(IMAGE) .
 

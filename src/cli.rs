@@ -1,6 +1,6 @@
 //! The command line (clap derive). Bad values are rejected at parse time, naming the flag.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -24,9 +24,10 @@ pub struct Cli {
     )]
     pub port: u16,
 
-    /// IP address to listen on (IPv4 or IPv6 literal, e.g. 127.0.0.1, ::1, ::).
-    #[arg(long, default_value = "0.0.0.0", allow_hyphen_values = true)]
-    pub host: IpAddr,
+    /// IP address to listen on (IPv4 or IPv6 literal, e.g. 127.0.0.1, ::1, ::) [default: ::
+    /// accepting IPv4 and IPv6 (dual-stack), or 0.0.0.0 where IPv6 is unavailable].
+    #[arg(long, allow_hyphen_values = true)]
+    pub host: Option<IpAddr>,
 
     /// Worker threads, each with its own listener and epoll instance [default: CPUs available].
     #[arg(long = "maxListeners", visible_alias = "max-listeners", env = "MAX_LISTENERS",
@@ -129,6 +130,16 @@ pub struct Cli {
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = parse_udp_rate, allow_hyphen_values = true)]
     pub udp_rate: u32,
 
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off). An IP literal and
+    /// a port, e.g. 127.0.0.1:9100 or [::]:9100.
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Write the serving process's pid here (atomically); a graceful restart (SIGUSR2) hands
+    /// it to the new process; removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
+
     /// Send TEXT to each new connection before echoing (after the header with
     /// --proxy-protocol). {hostname} and {worker} expand; so do \n, \r, \t and \\.
     /// At most 64K after expansion [default: off].
@@ -159,6 +170,12 @@ fn parse_header_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' is more than the limit of 1h"));
     }
     Ok(d)
+}
+
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("'{s}' is not an IP address and port, e.g. 127.0.0.1:9100 or [::]:9100")
+    })
 }
 
 fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
@@ -258,6 +275,7 @@ impl Cli {
             udp_port: self.udp_port,
             udp_rate: self.udp_rate,
             banner: self.banner.clone(),
+            metrics_addr: self.metrics_addr,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! server is either fully listening or not running at all.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, mpsc};
@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use crate::limits::{AcceptRate, ConnLimit};
 use crate::log::Level;
-use crate::shared::Shared;
+use crate::shared::{ReloadHook, Shared};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::udp::UdpConfig;
 use crate::worker::per_ip::PerIpConfig;
 use crate::worker::{Worker, WorkerConfig, fds_per_worker};
-use crate::{log, sys};
+use crate::{listeners, log, metrics, sys};
 
 /// The largest `--max-pending`: a connection's pending output must stay within what its
 /// buffer's `u32` cursors address (`conn::PENDING_MAX`), with room for a read and growth.
@@ -34,7 +34,8 @@ pub const FDS_FOR_PROCESS: u64 = 24;
 /// Everything the server needs; the command line fills it in (`cli`), tests build it directly.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub host: IpAddr,
+    /// `None`: dual-stack `::` where IPv6 exists, else `0.0.0.0` ([`listeners::default_host`]).
+    pub host: Option<IpAddr>,
     pub port: u16,
     pub workers: usize,
     pub backlog: i32,
@@ -60,6 +61,8 @@ pub struct Config {
     pub udp_port: Option<u16>,
     /// Replies per second per source IP (`--udp-rate`); 0: unlimited.
     pub udp_rate: u32,
+    /// Serve Prometheus metrics here (`--metrics-addr`); `None`: off.
+    pub metrics_addr: Option<SocketAddr>,
     /// `--banner`: the template sent to each new connection; `None`: no banner.
     pub banner: Option<String>,
 }
@@ -67,7 +70,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            host: None,
             port: 8080,
             workers: num_cpus::get(),
             backlog: 1024,
@@ -85,6 +88,7 @@ impl Default for Config {
             proxy_header_timeout: Duration::from_secs(5),
             udp_port: None,
             udp_rate: 0,
+            metrics_addr: None,
             banner: None,
         }
     }
@@ -98,6 +102,47 @@ impl ShutdownHandle {
     /// Wakes every worker. Returns `false` if shutdown had already been asked for.
     pub fn shutdown(&self) -> bool {
         self.0.request_stop()
+    }
+
+    /// Shutdown after a graceful restart's new process took the listeners over: as
+    /// [`ShutdownHandle::shutdown`], but a connection that is silent right now is not closed
+    /// at once — it may have been accepted a moment ago, its first bytes still in flight — it
+    /// gets one whole quiet drain tick, like a busy one.
+    pub fn hand_over(&self) -> bool {
+        if self.is_shutting_down() {
+            return false;
+        }
+        self.0.set_handing_over();
+        self.shutdown()
+    }
+
+    /// True once shutdown has been asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.stop_requested()
+    }
+
+    /// SIGHUP: runs every reload hook ([`Server::on_reload`]) and logs what each one did.
+    /// Serving goes on whatever they return.
+    pub fn reload(&self) {
+        let hooks = self
+            .0
+            .reload_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if hooks.is_empty() {
+            log!(Level::Info, "reload: nothing to reload");
+        }
+        for hook in hooks.iter() {
+            match hook() {
+                Ok(what) => log!(Level::Info, "reload: {what}"),
+                Err(e) => log!(Level::Warn, "reload failed, keeping the old state: {e}"),
+            }
+        }
+    }
+
+    /// The listeners in use (for a graceful restart to hand on).
+    pub fn listeners(&self) -> &listeners::Set {
+        &self.0.listeners
     }
 }
 
@@ -123,13 +168,24 @@ pub struct Running {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
     stats_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    metrics: Option<metrics::Endpoint>,
     started: Instant,
 }
 
 impl Server {
     /// Creates the wake pipes. Install the signal handler on [`Server::shutdown_handle`]
     /// before [`Server::start`], so a signal during startup is not lost.
-    pub fn new(config: Config) -> io::Result<Server> {
+    pub fn new(mut config: Config) -> io::Result<Server> {
+        // Every inherited listener needs a worker to accept on it (see `listeners`).
+        let inherited = listeners::inherited_count();
+        if inherited > config.workers {
+            log!(
+                Level::Info,
+                "running {inherited} workers, one per inherited listener (configured: {})",
+                config.workers
+            );
+            config.workers = inherited;
+        }
         if config.workers == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -155,6 +211,15 @@ impl Server {
         ShutdownHandle(self.shared.clone())
     }
 
+    /// Adds something for SIGHUP to reload (TLS: `server.on_reload(Box::new(move || ...))`).
+    pub fn on_reload(&self, hook: ReloadHook) {
+        self.shared
+            .reload_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+    }
+
     /// Binds every worker's listener and starts serving.
     pub fn start(self) -> io::Result<Running> {
         let Server {
@@ -163,6 +228,11 @@ impl Server {
             wake_readers,
         } = self;
         let nofile = sys::raise_nofile_limit()?;
+        // Bound first: a bad --metrics-addr fails before any echo listener exists.
+        let metrics = config
+            .metrics_addr
+            .map(|a| metrics::Endpoint::start(a, shared.clone()))
+            .transpose()?;
         if config.splice {
             sys::ignore_sigpipe();
         }
@@ -180,8 +250,9 @@ impl Server {
             );
         }
         let cpus = num_cpus::get();
-        let mut addr = SocketAddr::new(config.host, config.port);
-        let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(config.host, p));
+        let host = config.host.unwrap_or_else(listeners::default_host);
+        let mut addr = SocketAddr::new(host, config.port);
+        let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(host, p));
         let mut workers = Vec::with_capacity(config.workers);
         // The per-IP tables are global: one client's connections land on every worker.
         let per_ip = PerIpConfig {
@@ -308,6 +379,7 @@ impl Server {
             shared,
             workers,
             stats_thread,
+            metrics,
             started: Instant::now(),
         })
     }
@@ -384,6 +456,11 @@ impl Running {
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shared.clone())
+    }
+
+    /// Where `/metrics` is served (`--metrics-addr`, with the real port).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(metrics::Endpoint::local_addr)
     }
 
     /// Current totals across workers.

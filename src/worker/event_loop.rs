@@ -175,7 +175,7 @@ impl Worker {
         if self.conns.draining() {
             return;
         }
-        self.acceptor.close();
+        self.acceptor.close(&self.epoll);
         // Datagrams have nothing to drain: stop answering at once.
         self.udp = None;
         self.udp_ready = false;

@@ -75,10 +75,11 @@ pub const TURN_BUDGET: usize = BUF_SIZE;
 /// Connections accepted per loop turn.
 pub const ACCEPT_BATCH: usize = 128;
 const EVENTS: usize = 1024;
-/// Descriptors a worker holds besides its clients: listener, epoll, both wake-pipe ends, the
-/// reserve descriptor — and the two ends of its splice pipe with `--splice`.
+/// Descriptors a worker holds besides its clients: listener, its duplicate kept for restarts
+/// (`listeners::Set`), epoll, both wake-pipe ends, the reserve descriptor — and the two ends of
+/// its splice pipe with `--splice`.
 pub fn fds_per_worker(splice: bool) -> u64 {
-    5 + if splice { 2 } else { 0 }
+    6 + if splice { 2 } else { 0 }
 }
 
 /// What one worker needs to know, fixed at startup.
@@ -199,7 +200,8 @@ impl Worker {
                 )
             })?;
         }
-        let listener = accept::listen(&cfg)?;
+        let listener: OwnedFd =
+            crate::listeners::open(cfg.id, cfg.addr, cfg.backlog, &shared.listeners)?.into();
         let epoll = sys::Epoll::new()?;
         let acceptor = Acceptor::new(listener, &epoll, Token::Listener.encode())?;
         epoll.add(wake.as_fd(), sys::EPOLLIN, Token::Wake.encode())?;
