@@ -37,6 +37,12 @@ fn sim_thousands_of_seeds() {
     );
     assert!(total.shutdown_timeout > 0 && total.errors > 0, "{total:?}");
     assert!(total.bytes_echoed > 10_000_000, "{total:?}");
+    // Bulk phases sized to the MSS (tiny, changing, failing queries) and echo through windows
+    // smaller than one segment happened, under every invariant above.
+    assert!(
+        total.mss_queries > 100 && total.sub_segment_window_bytes > 100_000,
+        "{total:?}"
+    );
 }
 
 /// One seed (`SIM_SEED`, default 1) — the replay of a failure.

@@ -20,6 +20,8 @@ pub trait Socket {
     fn splice_out(&mut self, len: usize) -> io::Result<usize>;
     /// Read bytes back out of the worker's pipe (what the socket did not take).
     fn pipe_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// The socket's current maximum segment size (`getsockopt(TCP_MAXSEG)`).
+    fn mss(&mut self) -> io::Result<usize>;
 }
 
 /// How a turn ended.
@@ -42,12 +44,15 @@ fn send_result(r: io::Result<usize>) -> SendResult {
 
 /// Runs one turn: polls the connection and performs its actions until it says wait, yield or
 /// close. `buf` is the worker's read buffer (at least [`SPLICE_LEN`] and `turn.read_len()`).
+///
+/// Sends are plain `send(MSG_NOSIGNAL)` (no `MSG_MORE`): a bulk stream's reads are already
+/// whole segments ([`Action::QueryMss`]), and a small message must leave at once.
 pub fn serve<S: Socket>(conn: &mut Conn, sock: &mut S, turn: &mut Turn, buf: &mut [u8]) -> Outcome {
     let mut drop_pipe = false;
     loop {
         match conn.poll(turn) {
             Action::Read => {
-                let len = turn.read_len().min(buf.len());
+                let len = conn.read_len(turn).min(buf.len());
                 let r = sock.read(&mut buf[..len]);
                 let result = match r {
                     Ok(0) => ReadResult::Eof,
@@ -64,6 +69,10 @@ pub fn serve<S: Socket>(conn: &mut Conn, sock: &mut S, turn: &mut Turn, buf: &mu
             Action::Send => {
                 let r = send_result(sock.send(conn.transmit()));
                 conn.on_sent(turn, r);
+            }
+            Action::QueryMss => {
+                let mss = sock.mss().ok();
+                conn.on_mss(turn, mss);
             }
             Action::Splice => match splice(sock, buf) {
                 Ok(result) => conn.on_splice(turn, result),
@@ -182,5 +191,8 @@ impl Socket for FdSocket<'_> {
         use std::os::fd::AsFd;
         let pipe = self.pipe.ok_or_else(no_pipe)?;
         crate::sys::read(pipe.r.as_fd(), buf)
+    }
+    fn mss(&mut self) -> io::Result<usize> {
+        crate::sys::tcp_maxseg(self.fd)
     }
 }
