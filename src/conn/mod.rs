@@ -199,7 +199,8 @@ impl Turn {
         }
     }
 
-    /// How many bytes [`Action::Read`] should ask for.
+    /// The worker's read length: what [`Action::Read`] asks for until a bulk stream sizes its
+    /// reads to its MSS ([`Conn::read_len`] is what to ask for).
     pub fn read_len(&self) -> usize {
         self.read_len
     }
