@@ -400,6 +400,17 @@ class Server:
         self.ignore_sigpipe, self.udp = ignore_sigpipe, udp
 
     def start(self, ctx, path, workers=1):
+        # A port free a moment ago may be taken meanwhile as another program's ephemeral port
+        # (a busy machine); a bind failure then is not the server's fault: try another port.
+        for attempt in range(3):
+            try:
+                return self._start(ctx, path, workers)
+            except RuntimeError as e:
+                if attempt == 2 or "in use" not in str(e):
+                    raise
+                ctx.note(self.name, "port taken before the server bound it; retried")
+
+    def _start(self, ctx, path, workers):
         port = free_port()
         logf = open(Path(ctx.logdir) / f"{self.name}-{port}.log", "w+")
         # restore_signals=False: the child inherits this interpreter's SIG_IGN for SIGPIPE.
@@ -452,10 +463,13 @@ def make_servers(args, certs):
     helptext = server_help(ours)
 
 
+    def ours_at(binary):
+        return lambda p, h, w: [str(binary), "--port", str(p), "--host", h, "--maxListeners",
+                                str(w), "-q", *extra]
+
     skip = {}
     tcp = {
-        "epoll-echo": Server("epoll-echo", lambda p, h, w: [
-            str(ours), "--port", str(p), "--host", h, "--maxListeners", str(w), "-q", *extra]),
+        "epoll-echo": Server("epoll-echo", ours_at(ours)),
         "tokio": Server("tokio", lambda p, h, w: [str(args.tokio_bin), str(p), "--threads",
                                                    str(w)]),
         # 0: the largest multiple of the path's TCP_MAXSEG that fits 64 KiB.
@@ -488,6 +502,10 @@ def make_servers(args, certs):
             "--udp-port", str(p), *extra], udp=True)
         udp["udp-echo"] = Server("udp-echo", lambda p, h, w: [str(PEER_BIN / "udp-echo"),
                                                              str(p), h], udp=True)
+    # --servers NAME=PATH: another epoll-echo build (an older commit, say) as one more column
+    # of the plain-TCP sections, run with the same arguments as ours.
+    for name, binary in args.extra_servers.items():
+        tcp[name] = Server(name, ours_at(binary))
     return {"tcp": tcp, "tls": tls, "udp": udp}, skip
 
 
@@ -849,7 +867,9 @@ def main():
                     help="comma-separated: " + ",".join(SECTIONS) + " (tls = the three tls-*) "
                     "[all but pingpong500]")
     ap.add_argument("--paths", default=",".join(PATHS), help="loopback,veth [both]")
-    ap.add_argument("--servers", default="", help="only these columns (e.g. epoll-echo,segment)")
+    ap.add_argument("--servers", default="",
+                    help="only these columns (e.g. epoll-echo,segment); NAME=PATH adds another "
+                    "epoll-echo binary as column NAME (e.g. old=/path/to/epoll-echo)")
     ap.add_argument("--server-args", default="", help="extra arguments for epoll-echo")
     ap.add_argument("--bin-dir", default=str(REPO / "target" / "release"),
                     help="where epoll-echo and echo-bench are [target/release]")
@@ -872,7 +892,19 @@ def main():
 
     sections = parse_list(args.sections, list(SECTIONS), ALIASES, "section", ap)
     paths = parse_list(args.paths, PATHS, {}, "path", ap)
-    only_servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    only_servers, args.extra_servers = [], {}
+    for item in (s.strip() for s in args.servers.split(",")):
+        if "=" in item:
+            name, _, binary = item.partition("=")
+            name = name.strip()
+            if not name or name in ("epoll-echo", "tokio", "segment", "floor"):
+                ap.error(f"--servers {item!r}: NAME=PATH needs a new column name")
+            if not os.access(binary, os.X_OK):
+                ap.error(f"--servers {item!r}: {binary} is not an executable file")
+            args.extra_servers[name] = Path(binary).resolve()
+            only_servers.append(name)
+        elif item:
+            only_servers.append(item)
     runs = args.runs or (1 if args.quick else 3)
     duration = args.duration or (1.0 if args.quick else 3.0)
     if args.idle_seconds is None:

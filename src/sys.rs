@@ -186,6 +186,21 @@ pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// `getsockopt(TCP_MAXSEG)`: the connection's current maximum segment size (the path MTU less
+/// the IP and TCP headers and options: 1,448 on a 1500-byte path with timestamps).
+pub fn tcp_maxseg(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut mss: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_MAXSEG,
+        (&mut mss as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    Ok(usize::try_from(mss).unwrap_or(0))
+}
+
 /// Sets `SO_OOBINLINE`: urgent (MSG_OOB) bytes stay in the stream, in order, instead of being
 /// set aside where a plain read never sees them.
 pub fn set_oobinline(fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -42,6 +42,12 @@ fn sim_thousands_of_seeds() {
         total.proxied_finished > 0 && total.rejected > 0 && total.header_timeouts > 0,
         "{total:?}"
     );
+    // Bulk phases sized to the MSS (tiny, changing, failing queries) and echo through windows
+    // smaller than one segment happened, under every invariant above.
+    assert!(
+        total.mss_queries > 100 && total.sub_segment_window_bytes > 100_000,
+        "{total:?}"
+    );
 }
 
 /// One seed (`SIM_SEED`, default 1) — the replay of a failure.

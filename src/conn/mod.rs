@@ -13,7 +13,8 @@
 //! let mut turn = Turn::new(&params, now); // per-turn budget and time, owned by the worker
 //! loop {
 //!     match conn.poll(&mut turn) {
-//!         Action::Read          => read(fd, &mut buf[..turn.read_len()])  → conn.on_read(&mut turn, ReadResult)
+//!         Action::Read          => read(fd, &mut buf[..conn.read_len(&turn)]) → conn.on_read(&mut turn, ReadResult)
+//!         Action::QueryMss      => getsockopt(TCP_MAXSEG)  → conn.on_mss(&turn, Some(mss))
 //!         Action::SendInput(r)  => send(fd, &buf[r])     → conn.on_send_input(&mut turn, SendResult, &buf[r])
 //!         Action::Send          => send(fd, conn.transmit()) → conn.on_sent(&mut turn, SendResult)
 //!         Action::Splice        => socket → pipe → socket   → conn.on_splice(&mut turn, SpliceResult)
@@ -48,8 +49,10 @@
 //!   output never takes the fast path. A connection with a stage never splices.
 //! - [`Conn::queue_output`] queues bytes to send before any echo (a banner). The socket is
 //!   registered writable, so the first edge sends it.
-//! - [`Params::read_len`] is the read size (the buffer size by default; an MSS-sized read
-//!   would set it per worker); "short read" is measured against it.
+//! - [`Params::read_len`] is the read size (the worker's buffer); once a read fills it, the
+//!   connection is a bulk stream and asks for its MSS ([`Action::QueryMss`]), and its reads
+//!   shrink to the largest multiple of the MSS that fits ([`read_len_for_mss`]), so each echo
+//!   leaves as full segments. "Short read" is measured against [`Conn::read_len`].
 //!
 //! A plain connection pays one null pointer for all of this: `Option<Box<Layers>>`.
 
@@ -82,6 +85,39 @@ pub fn ticks_ceil(d: Duration) -> u64 {
 pub const SPLICE_LEN: usize = 64 * 1024;
 /// A splice that moves less than this ends the bulk mode: small messages are cheaper copied.
 pub const SPLICE_MIN: usize = 4096;
+
+/// A bulk stream quiet for this many ticks (1 s) starts a new bulk phase: its next full read
+/// asks the socket its MSS again (the path may have changed meanwhile). A stream that never
+/// pauses keeps the length it learned: an MSS that shrinks under it costs one short segment
+/// per send (what every send cost before sizing), never a byte.
+pub const MSS_REFRESH: Tick = 10;
+
+/// The longest read length a connection stores (its slot keeps `len - 1` in a `u16`).
+pub const MAX_SIZED_READ: usize = 1 << 16;
+
+/// True for a sized read length that wastes more than 1/16 of `cap`: an MSS between about half
+/// and all of the buffer. That is loopback early in a connection, where the kernel bounds the
+/// MSS to half the peer's largest window so far (32,768 at accept, 47,616 after the first
+/// 64 KiB, 65,483 after about 1 MB), so such a length holds for one read only: each full read
+/// asks again until the MSS settles. Ethernet (1448 → 65,160) and loopback settled (65,483)
+/// are not provisional.
+fn provisional(len: usize, cap: usize) -> bool {
+    len * 16 < cap * 15
+}
+
+/// The read length for a bulk stream whose socket reports `mss` (`TCP_MAXSEG`): the largest
+/// multiple of `mss` that fits `cap`, so that echoing a full read sends only full segments
+/// (with `TCP_NODELAY`, 64 KiB over loopback's 65,483-byte MSS is one full segment and one of
+/// 53 bytes: twice the packets). `cap` itself when the MSS is unknown (0) or not below it.
+/// Never 0 for a `cap` of at least 1, and always above `cap - mss`, so even a tiny MSS keeps
+/// reads large (88 → 65,472 of 65,536).
+pub fn read_len_for_mss(mss: usize, cap: usize) -> usize {
+    if mss == 0 || mss >= cap {
+        cap
+    } else {
+        cap - cap % mss
+    }
+}
 
 /// Readiness reported by the poller (the worker maps epoll bits onto these).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,7 +201,8 @@ impl Turn {
         }
     }
 
-    /// How many bytes [`Action::Read`] should ask for.
+    /// The worker's read length: what [`Action::Read`] asks for until a bulk stream sizes its
+    /// reads to its MSS ([`Conn::read_len`] is what to ask for).
     pub fn read_len(&self) -> usize {
         self.read_len
     }
@@ -190,6 +227,10 @@ pub enum Action {
     SendInput(Range<usize>),
     /// Send [`Conn::transmit`]; report with `on_sent`.
     Send,
+    /// A full read made this a bulk stream: ask the socket its MSS (`TCP_MAXSEG`, one
+    /// `getsockopt`, once per bulk phase); report with `on_mss`. Never asked of a connection
+    /// whose reads are all short (ping-pong, churn).
+    QueryMss,
     /// Echo up to [`SPLICE_LEN`] bytes socket → pipe → socket; report with `on_splice`. The
     /// pipe must be empty again when the worker reports.
     Splice,
@@ -290,6 +331,10 @@ mod flag {
     pub const BULK: u8 = 32;
     /// A stage asked to finish: read nothing more, send what is pending, close.
     pub const FINISHING: u8 = 64;
+    /// This bulk phase asked the socket its MSS: reads use `Conn::sized`. Cleared with BULK,
+    /// after [`MSS_REFRESH`] ticks without a byte, and after a full read of a provisional
+    /// length (see `provisional`).
+    pub const SIZED: u8 = 128;
 }
 
 /// One client connection (40 bytes; see the module header for the API).
@@ -300,6 +345,8 @@ pub struct Conn {
     last_active: Tick,
     flags: u8,
     error: Option<ErrorKind>,
+    /// With `flag::SIZED`: this bulk phase's read length − 1 (1..=[`MAX_SIZED_READ`] bytes).
+    sized: u16,
 }
 
 impl Conn {
@@ -311,6 +358,7 @@ impl Conn {
             last_active: now,
             flags: flag::WRITABLE,
             error: None,
+            sized: 0,
         }
     }
 
@@ -380,6 +428,17 @@ impl Conn {
         self.pending.is_empty() && !self.has(flag::READABLE)
     }
 
+    /// How many bytes the next [`Action::Read`] asks for: the turn's read length, or in a
+    /// bulk phase the largest multiple of the socket's MSS that fits it (see
+    /// [`read_len_for_mss`]). A read shorter than this emptied the receive queue.
+    pub fn read_len(&self, turn: &Turn) -> usize {
+        if self.has(flag::SIZED) {
+            (usize::from(self.sized) + 1).min(turn.read_len)
+        } else {
+            turn.read_len
+        }
+    }
+
     /// True when reading is held back by the pending cap (backpressure).
     pub fn is_backpressured(&self, max_pending: usize) -> bool {
         self.pending.len() > max_pending
@@ -409,6 +468,10 @@ impl Conn {
 
     /// What to do next (see [`Action`]). Call again after reporting each action's result.
     pub fn poll(&mut self, turn: &mut Turn) -> Action {
+        if self.has(flag::SIZED) && turn.now.wrapping_sub(self.last_active) >= MSS_REFRESH {
+            // Back after a pause: a new bulk phase must prove itself and learn the MSS anew.
+            self.flags &= !(flag::BULK | flag::SIZED);
+        }
         if let Some(kind) = self.error {
             return Action::Close(CloseReason::Error(kind));
         }
@@ -444,6 +507,10 @@ impl Conn {
             {
                 return Action::Splice;
             }
+            // A full read made this a bulk stream: size its reads to the path, once per phase.
+            if self.has(flag::BULK) && !self.has(flag::SIZED) {
+                return Action::QueryMss;
+            }
             return Action::Read;
         }
         Action::Wait
@@ -458,20 +525,33 @@ impl Conn {
         }
     }
 
+    /// Reports the result of [`Action::QueryMss`]: the socket's `TCP_MAXSEG`, or `None` if it
+    /// could not be had (then this phase reads the turn's length; no second query).
+    pub fn on_mss(&mut self, turn: &Turn, mss: Option<usize>) {
+        let cap = turn.read_len.clamp(1, MAX_SIZED_READ);
+        let len = read_len_for_mss(mss.unwrap_or(0), cap);
+        self.sized = (len - 1) as u16;
+        self.flags |= flag::SIZED;
+    }
+
     /// Reports the result of [`Action::Read`].
     pub fn on_read(&mut self, turn: &mut Turn, r: ReadResult<'_>) {
         match r {
             ReadResult::Data(data) if !data.is_empty() => {
                 let n = data.len();
+                let asked = self.read_len(turn);
                 self.moved(turn, n, 0);
                 // A short read emptied the receive queue: the next byte raises a new edge.
                 // Not so after RDHUP (no edge will come) or urgent data (the read stopped at
                 // the mark): then read on until EAGAIN / EOF.
-                if n < turn.read_len && !self.has(flag::RDHUP | flag::URGENT) {
+                if n < asked && !self.has(flag::RDHUP | flag::URGENT) {
                     self.flags &= !flag::READABLE;
                 }
-                if n >= turn.read_len {
+                if n >= asked {
                     self.flags |= flag::BULK;
+                    if self.has(flag::SIZED) && provisional(asked, turn.read_len) {
+                        self.flags &= !flag::SIZED; // ask again before the next read
+                    }
                 }
                 self.accept_input(turn, data);
             }
@@ -571,7 +651,7 @@ impl Conn {
         match r {
             // splice(2) also reports 0 when it stops at an urgent mark after the peer's FIN:
             // let a read tell the real EOF (one more syscall, once per spliced stream).
-            SpliceResult::Eof => self.flags &= !flag::BULK,
+            SpliceResult::Eof => self.flags &= !(flag::BULK | flag::SIZED),
             SpliceResult::WouldBlock => self.flags &= !(flag::READABLE | flag::URGENT),
             SpliceResult::Err(ErrorKind::Interrupted) => {}
             SpliceResult::Err(kind) => self.error = Some(kind),
@@ -586,7 +666,7 @@ impl Conn {
                     self.flags &= !flag::WRITABLE;
                 }
                 if read < SPLICE_MIN {
-                    self.flags &= !flag::BULK;
+                    self.flags &= !(flag::BULK | flag::SIZED);
                 }
                 match failed {
                     Some(kind) => self.error = Some(kind),

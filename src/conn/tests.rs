@@ -61,7 +61,15 @@ fn reading_stops_above_the_pending_cap_and_resumes_when_it_drains() {
     c.on_readiness(Readiness::READABLE);
     let data = [7u8; 16];
     let mut reads = 0;
-    while c.poll(&mut t) == Action::Read {
+    loop {
+        match c.poll(&mut t) {
+            Action::Read => {}
+            Action::QueryMss => {
+                c.on_mss(&t, Some(1448)); // above the read length: reads stay at 16
+                continue;
+            }
+            _ => break,
+        }
         c.on_read(&mut t, ReadResult::Data(&data));
         if let Action::SendInput(_) = c.poll(&mut t) {
             c.on_send_input(&mut t, SendResult::WouldBlock, &data);
@@ -83,7 +91,12 @@ fn the_budget_yields_to_the_others() {
     let mut t = turn();
     c.on_readiness(Readiness::READABLE);
     let data = [1u8; 16];
-    for _ in 0..4 {
+    for i in 0..4 {
+        if i == 1 {
+            // The first full read made it a bulk stream: it asks for its MSS once.
+            assert_eq!(c.poll(&mut t), Action::QueryMss);
+            c.on_mss(&t, Some(1448));
+        }
         assert_eq!(c.poll(&mut t), Action::Read);
         c.on_read(&mut t, ReadResult::Data(&data));
         assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
@@ -252,4 +265,219 @@ fn a_banner_goes_out_on_the_first_writable_edge() {
     c.on_readiness(Readiness::WRITABLE);
     assert_eq!(c.poll(&mut t), Action::Send);
     assert_eq!(c.transmit(), b"hello\n");
+}
+
+#[test]
+fn the_read_length_is_the_largest_multiple_of_the_mss_that_fits() {
+    const CAP: usize = 65_536;
+    for (mss, want) in [
+        (0, CAP),         // unknown: the whole buffer
+        (1, CAP),         // every length is a multiple of 1
+        (88, 65_472),     // 744 × 88: a tiny MSS still reads in large batches
+        (536, 65_392),    // 122 × 536: the IPv4 default
+        (1448, 65_160),   // 45 × 1448: Ethernet with timestamps
+        (65_483, 65_483), // loopback: one segment, not one and a 53-byte one
+        (65_495, 65_495), // loopback without timestamps
+        (65_536, CAP),    // not below the cap
+        (1 << 20, CAP),   // above it
+    ] {
+        let got = read_len_for_mss(mss, CAP);
+        assert_eq!(got, want, "mss {mss}");
+        assert!(got > 0 && got <= CAP && (mss == 0 || mss >= CAP || got.is_multiple_of(mss)));
+    }
+    // A cap below the MSS (a tiny read buffer) is used as it is.
+    assert_eq!(read_len_for_mss(1448, 7), 7);
+    assert_eq!(read_len_for_mss(3, 7), 6);
+    assert_eq!(read_len_for_mss(0, 1), 1);
+}
+
+/// Drives one full read of `len` bytes (and its echo) through `c`.
+fn full_read(c: &mut Conn, t: &mut Turn, len: usize) {
+    let data = vec![9u8; len];
+    assert_eq!(c.poll(t), Action::Read);
+    assert_eq!(c.read_len(t), len);
+    c.on_read(t, ReadResult::Data(&data));
+    assert_eq!(c.poll(t), Action::SendInput(0..len));
+    c.on_send_input(t, SendResult::Sent(len), &data);
+}
+
+fn bulk_params() -> Params {
+    Params {
+        max_pending: 1 << 18,
+        read_len: 65_536,
+        budget: 1 << 30,
+        splice: false,
+    }
+}
+
+#[test]
+fn a_bulk_stream_asks_its_mss_once_and_reads_whole_segments() {
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(&bulk_params(), 0);
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(
+        c.poll(&mut t),
+        Action::QueryMss,
+        "a full read: a bulk stream"
+    );
+    c.on_mss(&t, Some(1448));
+    for _ in 0..3 {
+        full_read(&mut c, &mut t, 65_160);
+    }
+    // A short read (but not a small one) drains; the stream stays sized: no second query.
+    let part = vec![1u8; 30_000];
+    assert_eq!(c.poll(&mut t), Action::Read);
+    c.on_read(&mut t, ReadResult::Data(&part));
+    assert_eq!(c.poll(&mut t), Action::SendInput(0..30_000));
+    c.on_send_input(&mut t, SendResult::Sent(30_000), &part);
+    assert_eq!(
+        c.poll(&mut t),
+        Action::Wait,
+        "a short read emptied the queue"
+    );
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_160);
+}
+
+#[test]
+fn ping_pong_never_asks_for_the_mss() {
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(&bulk_params(), 0);
+    for _ in 0..100 {
+        c.on_readiness(Readiness::READABLE);
+        assert_eq!(c.poll(&mut t), Action::Read);
+        c.on_read(&mut t, ReadResult::Data(&[5u8; 64]));
+        assert_eq!(c.poll(&mut t), Action::SendInput(0..64));
+        c.on_send_input(&mut t, SendResult::Sent(64), &[5u8; 64]);
+        assert_eq!(
+            c.poll(&mut t),
+            Action::Wait,
+            "one read and one send per round trip"
+        );
+    }
+}
+
+#[test]
+fn a_new_bulk_phase_learns_a_changed_mss() {
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(&bulk_params(), 0);
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(1448));
+    full_read(&mut c, &mut t, 65_160);
+    // A small read does not end the bulk phase (loopback splits a 64 KiB write into 65,483
+    // and 53 bytes: asking again after each would double the syscalls)...
+    assert_eq!(c.poll(&mut t), Action::Read);
+    c.on_read(&mut t, ReadResult::Data(b"tail"));
+    assert_eq!(c.poll(&mut t), Action::SendInput(0..4));
+    c.on_send_input(&mut t, SendResult::Sent(4), b"tail");
+    assert_eq!(c.poll(&mut t), Action::Wait);
+    let mut t = Turn::new(&bulk_params(), MSS_REFRESH - 1);
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_160);
+    // ...a pause of MSS_REFRESH does: the next phase reads the whole buffer and asks again,
+    // and learns that the path MTU dropped meanwhile.
+    let mut t = Turn::new(&bulk_params(), 2 * MSS_REFRESH - 1);
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(536));
+    full_read(&mut c, &mut t, 65_392);
+}
+
+#[test]
+fn an_unknown_mss_reads_the_whole_buffer_and_does_not_ask_again() {
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(&bulk_params(), 0);
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, None); // getsockopt failed
+    full_read(&mut c, &mut t, 65_536);
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(c.poll(&mut t), Action::Read, "no second query in one phase");
+}
+
+#[test]
+fn with_a_sized_read_only_a_read_shorter_than_asked_means_drained() {
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(&bulk_params(), 0);
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(65_483));
+    // 65,483 bytes is a full read now (below the 64 KiB buffer, but all that was asked):
+    // more may be queued, so the connection stays readable.
+    full_read(&mut c, &mut t, 65_483);
+    assert!(c.is_readable());
+    assert_eq!(c.poll(&mut t), Action::Read);
+}
+
+#[test]
+fn mss_values_around_the_edges_give_a_usable_read_length() {
+    for mss in [
+        Some(0),
+        Some(1),
+        Some(88),
+        Some(536),
+        Some(1448),
+        Some(65_483),
+        Some(65_495),
+        None,
+    ] {
+        for cap in [1usize, 7, 1460, 65_536] {
+            let mut c = Conn::new(0);
+            let p = Params {
+                read_len: cap,
+                ..bulk_params()
+            };
+            let mut t = Turn::new(&p, 0);
+            c.on_readiness(Readiness::READABLE);
+            full_read(&mut c, &mut t, cap);
+            assert_eq!(c.poll(&mut t), Action::QueryMss);
+            c.on_mss(&t, mss);
+            let len = c.read_len(&t);
+            assert_eq!(
+                len,
+                read_len_for_mss(mss.unwrap_or(0), cap),
+                "{mss:?} {cap}"
+            );
+            assert!((1..=cap).contains(&len));
+        }
+    }
+}
+
+#[test]
+fn loopback_asks_again_while_its_mss_grows_with_the_window() {
+    // TCP_MAXSEG on loopback: 32,768 at accept, 47,616 after 64 KiB, 65,483 after ~1 MB.
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(&bulk_params(), 0);
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(47_616));
+    full_read(&mut c, &mut t, 47_616);
+    assert_eq!(
+        c.poll(&mut t),
+        Action::QueryMss,
+        "47,616 of 65,536 is provisional"
+    );
+    c.on_mss(&t, Some(47_616));
+    full_read(&mut c, &mut t, 47_616);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(65_483));
+    for _ in 0..5 {
+        full_read(&mut c, &mut t, 65_483);
+    }
+    assert_eq!(c.poll(&mut t), Action::Read, "settled: no more queries");
+    // 32,768 fits twice: the whole buffer, settled at once.
+    let mut c = Conn::new(0);
+    c.on_readiness(Readiness::READABLE);
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(32_768));
+    full_read(&mut c, &mut t, 65_536);
+    assert_eq!(c.poll(&mut t), Action::Read);
 }

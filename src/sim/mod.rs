@@ -107,6 +107,26 @@ fn chance(src: &mut impl Source, percent: u64) -> bool {
     below(src, 100) < percent
 }
 
+/// What a client's `TCP_MAXSEG` says: loopback, Ethernet, the IPv4 minimum, a tiny one set by
+/// the client, 0, 1, or a failing getsockopt.
+fn pick_mss(src: &mut impl Source) -> Option<usize> {
+    pick(
+        src,
+        &[
+            Some(0),
+            Some(1),
+            Some(3),
+            Some(88),
+            Some(536),
+            Some(1448),
+            Some(1448),
+            Some(65_483),
+            Some(65_495),
+            None,
+        ],
+    )
+}
+
 /// What a run did (for the soak summary).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Report {
@@ -125,6 +145,10 @@ pub struct Report {
     pub header_timeouts: usize,
     /// Connections with a PROXY header that got their whole echo.
     pub proxied_finished: usize,
+    /// MSS queries (one per bulk phase), and bytes echoed through a window smaller than the
+    /// client's segment size.
+    pub mss_queries: u64,
+    pub sub_segment_window_bytes: u64,
 }
 
 impl std::ops::AddAssign for Report {
@@ -141,6 +165,8 @@ impl std::ops::AddAssign for Report {
         self.rejected += o.rejected;
         self.header_timeouts += o.header_timeouts;
         self.proxied_finished += o.proxied_finished;
+        self.mss_queries += o.mss_queries;
+        self.sub_segment_window_bytes += o.sub_segment_window_bytes;
     }
 }
 
@@ -174,7 +200,7 @@ pub fn run_seed(seed: u64, steps: usize) -> Result<Report, String> {
 
 /// Runs a simulation whose choices come from `src`.
 pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
-    let read_len = pick(src, &[1usize, 2, 7, 100, 1460, 4096, 65536]);
+    let read_len = pick(src, &[1usize, 2, 7, 100, 1460, 4096, 65483, 65536]);
     let budget = read_len * pick(src, &[1usize, 2, 4, 16]);
     let max_pending = pick(src, &[1usize, 10, 1000, 65536, 262_144]);
     let splice = chance(src, 30);
@@ -233,6 +259,8 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
     w.finish(src).map_err(|e| ctx(&w, e))?;
     w.report.steps = w.step + 1;
     w.report.clients = w.peers.len();
+    w.report.mss_queries = w.peers.iter().map(|p| p.mss_queries).sum();
+    w.report.sub_segment_window_bytes = w.peers.iter().map(|p| p.sub_segment_window_bytes).sum();
     Ok(w.report)
 }
 
@@ -262,6 +290,7 @@ impl World {
             conn.push_stage(Box::new(ProxyStage::new(deadline, None)));
             self.report.proxied += 1;
         }
+        peer.mss = pick_mss(src);
         self.peers.push(peer);
         let idx = self.conns.insert(id, conn);
         self.slot.push(Some(idx));
@@ -311,6 +340,8 @@ impl World {
                         }
                     }
                     76..77 if self.drain_start.is_none() => self.begin_shutdown(),
+                    // The path changes (PMTU discovery): the MSS the socket reports moves.
+                    77..79 => peer.mss = pick_mss(src),
                     _ => self.advance_time(src),
                 }
             }
@@ -366,6 +397,7 @@ impl World {
         let break_pipe = had_pipe && chance(src, 1);
         let mut closed: Vec<(u32, Conn, CloseReason)> = Vec::new();
         let (peers, pipe, buf, now) = (&mut self.peers, &mut self.pipe, &mut self.buf, self.now);
+        let read_cap = self.params.read_len.min(crate::conn::MAX_SIZED_READ);
         let mut broken_for = None;
         let mut leftover = None;
         let mut record = |id: u32, conn: Conn, why: CloseReason| closed.push((id, conn, why));
@@ -377,6 +409,7 @@ impl World {
                     pipe,
                     now,
                     break_pipe: break_pipe && broken_for.is_none(),
+                    read_cap,
                 };
                 let out = service::serve(conn, &mut sock, turn, buf);
                 if break_pipe && !sock.break_pipe && broken_for.is_none() {

@@ -108,6 +108,17 @@ pub struct Peer {
     pub admitted: bool,
     /// The tick the connection was accepted at.
     pub accepted_at: u32,
+    /// What `getsockopt(TCP_MAXSEG)` reports now (`None`: it fails); the client may change it
+    /// (a new path MTU) at any time.
+    pub mss: Option<usize>,
+    /// The MSS the server last asked for, and the read length it then has to use.
+    pub mss_seen: Option<usize>,
+    /// Reads that filled what the server asked for, and MSS queries: at most one query per
+    /// full read (none for a connection that never fills one).
+    pub full_reads: u64,
+    pub mss_queries: u64,
+    /// Bytes echoed while the window was smaller than one segment (coverage for the report).
+    pub sub_segment_window_bytes: u64,
 }
 
 impl Peer {
@@ -137,6 +148,11 @@ impl Peer {
             expect_client: None,
             admitted: false,
             accepted_at: now,
+            mss: Some(1448),
+            mss_seen: None,
+            full_reads: 0,
+            mss_queries: 0,
+            sub_segment_window_bytes: 0,
         }
     }
 
@@ -288,6 +304,9 @@ pub struct SimSocket<'a> {
     pub now: u32,
     /// Make the next pipe read fail (a pipe that cannot be emptied).
     pub break_pipe: bool,
+    /// The worker's read length (`Params::read_len`, capped at `conn::MAX_SIZED_READ`): what
+    /// an MSS-sized read is a multiple of.
+    pub read_cap: usize,
 }
 
 fn err(kind: ErrorKind) -> io::Error {
@@ -310,6 +329,29 @@ impl Socket for SimSocket<'_> {
             } else {
                 Err(err(ErrorKind::WouldBlock))
             };
+        }
+        // A read asks for the worker's read length or, after an MSS query, whole segments
+        // (the length that query implies; a new bulk phase goes back to the full length).
+        if let Some(mss) = p.mss_seen {
+            let want = crate::conn::read_len_for_mss(mss, self.read_cap);
+            if buf.len() != want && buf.len() != self.read_cap {
+                p.violation(format!(
+                    "client {}: read of {} byte(s) after MSS {mss} (cap {}): want {want}",
+                    p.id,
+                    buf.len(),
+                    self.read_cap
+                ));
+            }
+        } else if buf.len() != self.read_cap {
+            p.violation(format!(
+                "client {}: read of {} byte(s) before any MSS query: want {}",
+                p.id,
+                buf.len(),
+                self.read_cap
+            ));
+        }
+        if n == buf.len() {
+            p.full_reads += 1;
         }
         p.fill_raw(p.read_pos, &mut buf[..n]);
         p.take(n, self.now);
@@ -338,8 +380,24 @@ impl Socket for SimSocket<'_> {
         if n == 0 {
             return Err(err(ErrorKind::WouldBlock));
         }
+        if p.mss.is_some_and(|m| p.window() < m) {
+            p.sub_segment_window_bytes += n as u64;
+        }
         p.accept_echo(&data[..n], self.now);
         Ok(n)
+    }
+
+    fn mss(&mut self) -> io::Result<usize> {
+        let p = &mut *self.peer;
+        p.mss_queries += 1;
+        if p.mss_queries > p.full_reads {
+            p.violation(format!(
+                "client {}: {} MSS queries after only {} full read(s)",
+                p.id, p.mss_queries, p.full_reads
+            ));
+        }
+        p.mss_seen = Some(p.mss.unwrap_or(0));
+        p.mss.ok_or_else(|| err(ErrorKind::InvalidInput))
     }
 
     fn splice_in(&mut self, len: usize) -> io::Result<usize> {

@@ -23,6 +23,8 @@ pub trait Socket {
     /// Apply the per-client rules to the client a stage identified (`Action::Admit`);
     /// `Err(reason)` refuses it.
     fn admit(&mut self, client: Client) -> Result<(), &'static str>;
+    /// The socket's current maximum segment size (`getsockopt(TCP_MAXSEG)`).
+    fn mss(&mut self) -> io::Result<usize>;
 }
 
 /// How a turn ended.
@@ -45,12 +47,15 @@ fn send_result(r: io::Result<usize>) -> SendResult {
 
 /// Runs one turn: polls the connection and performs its actions until it says wait, yield or
 /// close. `buf` is the worker's read buffer (at least [`SPLICE_LEN`] and `turn.read_len()`).
+///
+/// Sends are plain `send(MSG_NOSIGNAL)` (no `MSG_MORE`): a bulk stream's reads are already
+/// whole segments ([`Action::QueryMss`]), and a small message must leave at once.
 pub fn serve<S: Socket>(conn: &mut Conn, sock: &mut S, turn: &mut Turn, buf: &mut [u8]) -> Outcome {
     let mut drop_pipe = false;
     loop {
         match conn.poll(turn) {
             Action::Read => {
-                let len = turn.read_len().min(buf.len());
+                let len = conn.read_len(turn).min(buf.len());
                 let r = sock.read(&mut buf[..len]);
                 let result = match r {
                     Ok(0) => ReadResult::Eof,
@@ -67,6 +72,10 @@ pub fn serve<S: Socket>(conn: &mut Conn, sock: &mut S, turn: &mut Turn, buf: &mu
             Action::Send => {
                 let r = send_result(sock.send(conn.transmit()));
                 conn.on_sent(turn, r);
+            }
+            Action::QueryMss => {
+                let mss = sock.mss().ok();
+                conn.on_mss(turn, mss);
             }
             Action::Splice => match splice(sock, buf) {
                 Ok(result) => conn.on_splice(turn, result),
@@ -217,5 +226,8 @@ impl Socket for FdSocket<'_> {
             Some(ip) => self.per_ip.admit(self.fd.as_raw_fd(), ip, header, self.now),
             None => Ok(()), // gone already: the next read or send says so
         }
+    }
+    fn mss(&mut self) -> io::Result<usize> {
+        crate::sys::tcp_maxseg(self.fd)
     }
 }

@@ -1,0 +1,215 @@
+//! MSS-sized bulk echo against the real binary: clients whose segment size or receive window is
+//! tiny, and real 1500- and 576-byte paths (a veth pair into a network namespace this test
+//! creates and removes). A bulk stream's reads shrink to a multiple of its MSS and its "short
+//! read means drained" rule is measured against that smaller length; a mistake there leaves the
+//! rest of the stream unread with no edge to come, and these streams stall.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BIN, ServerProc, pattern};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A client socket with options set before connect (so the SYN carries them).
+fn client(addr: SocketAddr, mss: Option<u32>, rcvbuf: Option<usize>) -> TcpStream {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).unwrap();
+    if let Some(m) = mss {
+        sock.set_tcp_mss(m).expect("set TCP_MAXSEG");
+    }
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).expect("set SO_RCVBUF");
+    }
+    sock.connect_timeout(&addr.into(), Duration::from_secs(10))
+        .expect("connect");
+    sock.set_tcp_nodelay(true).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Streams `data` in 64 KiB writes while reading the echo; asserts that every byte came back
+/// in order *before* the client half-closes (after a half-close the server reads on to EOF
+/// anyway, which would hide bytes it left unread), then that EOF follows.
+fn echo_intact(s: TcpStream, data: &[u8]) {
+    let mut w = s.try_clone().unwrap();
+    let owned = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        for chunk in owned.chunks(65_536) {
+            w.write_all(chunk).expect("write");
+        }
+    });
+    let mut got = vec![0u8; data.len()];
+    let mut done = 0;
+    let mut r = &s;
+    while done < got.len() {
+        match r.read(&mut got[done..]) {
+            Ok(0) => panic!("EOF after {done} of {} bytes", data.len()),
+            Ok(n) => done += n,
+            Err(e) => panic!(
+                "echo stalled or failed after {done} of {} bytes: {e}",
+                data.len()
+            ),
+        }
+    }
+    writer.join().unwrap();
+    if let Some(i) = got.iter().zip(data).position(|(a, b)| a != b) {
+        panic!("echo differs at byte {i}");
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = [0u8; 16];
+    assert_eq!(r.read(&mut rest).expect("EOF after the echo"), 0, "EOF");
+}
+
+#[test]
+fn a_client_with_an_88_byte_mss_and_a_tiny_window_gets_8_mib_intact() {
+    let srv = ServerProc::start(&[]);
+    let s = client(srv.addr, Some(88), Some(1024));
+    let mss = socket2::SockRef::from(&s).tcp_mss().unwrap();
+    assert!(mss <= 88, "the client's MSS is {mss}");
+    echo_intact(s, &pattern(8 << 20, 88));
+}
+
+#[test]
+fn a_receive_window_smaller_than_one_segment_gets_8_mib_intact() {
+    // Loopback's MSS is 65,483; this client's window is a few KiB, so the kernel bounds the
+    // server's MSS to half of it (1,500 for SO_RCVBUF 3000): reads of 43 × 1,500 = 64,500.
+    let srv = ServerProc::start(&[]);
+    let s = client(srv.addr, None, Some(3000));
+    echo_intact(s, &pattern(8 << 20, 3000));
+}
+
+#[test]
+fn several_bulk_streams_and_pauses_stay_intact() {
+    // Bulk phases separated by pauses longer than the MSS refresh (1 s) ask the MSS again.
+    let srv = ServerProc::start(&[]);
+    let mut s = client(srv.addr, Some(536), None);
+    for round in 0..2u64 {
+        let data = pattern(2 << 20, round);
+        let mut w = s.try_clone().unwrap();
+        let owned = data.clone();
+        let writer = std::thread::spawn(move || w.write_all(&owned).unwrap());
+        let mut got = vec![0u8; data.len()];
+        s.read_exact(&mut got).expect("echo of a bulk phase");
+        writer.join().unwrap();
+        assert!(got == data, "bulk phase {round} intact");
+        if round == 0 {
+            // Nothing to wait for but the clock: the server's refresh is time-based.
+            std::thread::sleep(Duration::from_millis(1200));
+        }
+    }
+}
+
+/// A network namespace with one end of a veth pair at `mtu`; the other end stays here.
+struct VethPath {
+    ns: String,
+    host_if: String,
+    server_ip: String,
+}
+
+impl VethPath {
+    /// None (with a note) when not root: creating namespaces needs CAP_NET_ADMIN.
+    fn new(idx: u32, mtu: u32) -> Option<VethPath> {
+        if !is_root() {
+            eprintln!("SKIPPED: a veth path needs root (ip netns add, ip link add)");
+            return None;
+        }
+        let pid = std::process::id();
+        // 198.19.A.B/30 per process and path, so parallel test runs do not collide.
+        let a = pid % 250;
+        let b = (pid / 250 % 16) * 16 + idx * 4;
+        let p = VethPath {
+            ns: format!("ee-mss-{pid}-{idx}"),
+            host_if: format!("emh{}{idx}", pid % 100_000),
+            server_ip: format!("198.19.{a}.{}", b + 1),
+        };
+        let ns_if = format!("ems{}{idx}", pid % 100_000);
+        let load_ip = format!("198.19.{a}.{}/30", b + 2);
+        let mtu = mtu.to_string();
+        let _ = Command::new("ip")
+            .args(["link", "del", &p.host_if])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &p.ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", &p.ns]);
+        ip(&[
+            "link", "add", &p.host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &p.ns]);
+        ip(&["addr", "add", &load_ip, "dev", &p.host_if]);
+        ip(&["link", "set", &p.host_if, "mtu", &mtu, "up"]);
+        let srv = format!("{}/30", p.server_ip);
+        ip(&["-n", &p.ns, "addr", "add", &srv, "dev", &ns_if]);
+        ip(&["-n", &p.ns, "link", "set", &ns_if, "mtu", &mtu, "up"]);
+        ip(&["-n", &p.ns, "link", "set", "lo", "up"]);
+        Some(p)
+    }
+
+    fn server(&self) -> ServerProc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, BIN])
+            .args(["--host", &self.server_ip, "--port", "0"]);
+        ServerProc::spawn(cmd)
+    }
+}
+
+impl Drop for VethPath {
+    fn drop(&mut self) {
+        // Deleting either end removes the pair; the namespace goes with its end.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn veth_echo(idx: u32, mtu: u32, want_mss: u32) {
+    let Some(path) = VethPath::new(idx, mtu) else {
+        return;
+    };
+    let mut srv = path.server();
+    let s = client(srv.addr, None, None);
+    let mss = socket2::SockRef::from(&s).tcp_mss().unwrap();
+    assert_eq!(mss, want_mss, "the path's MSS (MTU {mtu})");
+    echo_intact(s, &pattern(6 << 20, u64::from(mtu)));
+    // A second stream with a small window on the same path.
+    echo_intact(client(srv.addr, None, Some(2048)), &pattern(2 << 20, 7));
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+}
+
+#[test]
+fn a_veth_path_at_mtu_1500_echoes_several_mib_intact() {
+    veth_echo(0, 1500, 1448);
+}
+
+#[test]
+fn a_veth_path_at_mtu_576_echoes_several_mib_intact() {
+    veth_echo(1, 576, 524);
+}
