@@ -15,6 +15,8 @@ pub mod server;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod worker;
 
 pub use server::{Config, Running, Server, ShutdownHandle};
