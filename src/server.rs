@@ -40,6 +40,9 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     pub pin_cpus: bool,
     pub splice: bool,
+    /// The TLS listener (`--tls-port`), its certificate and handshake timeout.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Default for Config {
@@ -56,6 +59,8 @@ impl Default for Config {
             stats_interval: None,
             pin_cpus: false,
             splice: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

@@ -13,5 +13,18 @@ mod sim;
 #[cfg(test)]
 pub(crate) mod testcert;
 
+use std::time::Duration;
+
 pub use config::{TlsConfigCache, TlsConfigError, TlsReloader};
 pub use session::{TlsFailure, TlsSession};
+
+/// What `--tls-port`, `--tls-cert`, `--tls-key` and `--tls-handshake-timeout` ask for, with the
+/// certificate and key already loaded and checked.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    pub port: u16,
+    /// The certificate and key in force; `reload()` on SIGHUP.
+    pub reloader: TlsReloader,
+    /// A connection still handshaking after this long is closed.
+    pub handshake_timeout: Duration,
+}
