@@ -7,6 +7,8 @@
 //!   ciphertext out, bounded memory.
 
 pub mod config;
+#[cfg(test)]
+mod interop;
 pub mod session;
 #[cfg(test)]
 mod sim;
