@@ -220,7 +220,7 @@ impl TlsSession {
             };
             self.echo(&mut plain);
             if io_state.peer_has_closed() {
-                self.close();
+                self.close_input();
                 return Ok(());
             }
             if matches!(read, Ok(0)) {
@@ -250,8 +250,17 @@ impl TlsSession {
         if self.records.partial() > 0 {
             return self.fail(TlsFailure::Truncated { handshaking: false });
         }
-        self.close();
+        self.close_input();
         Ok(())
+    }
+
+    /// The server ends the connection (shutdown drain, idle timeout): stop reading, queue our
+    /// close_notify after whatever echo is already queued; close once [`TlsSession::is_done`].
+    /// Does nothing if the input has already ended.
+    pub fn close(&mut self) {
+        if self.state == State::Open {
+            self.close_input();
+        }
     }
 
     /// Whether the worker should read the socket now: the input is still open and the buffered
@@ -345,7 +354,7 @@ impl TlsSession {
         }
     }
 
-    fn close(&mut self) {
+    fn close_input(&mut self) {
         self.conn.send_close_notify();
         self.flush();
         self.state = State::Closing;

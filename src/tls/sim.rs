@@ -714,3 +714,33 @@ fn tls_sim_drained_output_buffer_is_released() {
     sim.session.on_sent(1);
     assert_eq!(sim.session.output_capacity(), 0);
 }
+
+#[test]
+fn tls_sim_server_close_sends_close_notify_after_the_echo() {
+    for tls13 in [false, true] {
+        let mut sim = Sim::new(13, Some(shape(tls13, 0, Close::Notify)));
+        handshake(&mut sim);
+        sim.client.writer().write_all(b"last words").unwrap();
+        let mut buf = Vec::new();
+        while sim.client.wants_write() {
+            sim.client.write_tls(&mut buf).unwrap();
+        }
+        sim.session.receive(&buf).unwrap();
+        sim.session.close();
+        assert!(!sim.session.wants_read() && !sim.session.is_done());
+        sim.session.close(); // idempotent
+        let out = sim.session.transmit().to_vec();
+        sim.session.on_sent(out.len());
+        assert!(sim.session.is_done() && sim.session.failure().is_none());
+        let mut rd = &out[..];
+        let mut state = None;
+        while !rd.is_empty() {
+            sim.client.read_tls(&mut rd).unwrap();
+            state = Some(sim.client.process_new_packets().unwrap());
+        }
+        let mut echo = Vec::new();
+        let _ = sim.client.reader().read_to_end(&mut echo);
+        assert_eq!(echo, b"last words");
+        assert!(state.unwrap().peer_has_closed(), "no close_notify");
+    }
+}
