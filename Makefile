@@ -6,7 +6,7 @@ STATIC_TARGET := x86_64-unknown-linux-gnu
 IMAGE ?= epoll-echo:latest
 DOCKER ?= docker
 
-.PHONY: build run test lint fmt clean static check-static check-image docker bench soak fuzz
+.PHONY: build run test lint fmt clean static check-static check-image docker bench soak fuzz test-plain
 
 build:
 	$(CARGO) build --release --locked --workspace
@@ -18,6 +18,10 @@ run:
 ## Lint, then every test (unit, integration against the real binary, echo-bench smoke).
 test: lint
 	$(CARGO) test --locked --workspace
+
+## The plain-only build (cargo feature `tls` off): builds, and its unit tests pass.
+test-plain:
+	$(CARGO) test --locked --no-default-features --lib
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -57,6 +57,9 @@ pub struct Config {
     pub udp_port: Option<u16>,
     /// Replies per second per source IP (`--udp-rate`); 0: unlimited.
     pub udp_rate: u32,
+    /// The TLS listener (`--tls-port`), its certificate and handshake timeout.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Default for Config {
@@ -80,6 +83,8 @@ impl Default for Config {
             proxy_header_timeout: Duration::from_secs(5),
             udp_port: None,
             udp_rate: 0,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
