@@ -34,16 +34,9 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli, config: Config) -> std::io::Result<()> {
     #[cfg(feature = "tls")]
-    if let Some(tls) = &config.tls {
-        // The workers do not serve TLS yet (the sans-IO worker integration comes next): refuse
-        // rather than pretend.
-        return Err(std::io::Error::other(format!(
-            "--tls-port {}: {} and {} are valid, but this build does not serve TLS yet",
-            tls.port,
-            tls.reloader.cert_path().display(),
-            tls.reloader.key_path().display()
-        )));
-    }
+    let tls_on = config.tls.is_some();
+    #[cfg(not(feature = "tls"))]
+    let tls_on = false;
     let server = Server::new(config)?;
     // Installed before any listener binds: a signal that arrives as soon as the port accepts
     // still shuts down gracefully. A second signal exits at once.
@@ -65,7 +58,7 @@ fn run(cli: &Cli, config: Config) -> std::io::Result<()> {
     let t = summary.totals;
     if log::enabled(Level::Info) {
         eprintln!(
-            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}",
+            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}{}",
             t.accepted,
             t.refused,
             t.idle_closed,
@@ -73,6 +66,11 @@ fn run(cli: &Cli, config: Config) -> std::io::Result<()> {
             t.bytes_out,
             summary.duration.as_secs_f64(),
             udp_summary(cli, &t.udp), // UDP hook (#12)
+            if tls_on {
+                t.tls.to_string() // TLS (#11)
+            } else {
+                String::new()
+            },
         );
     }
     Ok(())

@@ -16,7 +16,7 @@ use crate::log::Level;
 use crate::shared::Shared;
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::udp::UdpConfig;
-use crate::worker::{Worker, WorkerConfig, fds_per_worker};
+use crate::worker::{TLS_FDS_PER_WORKER, Worker, WorkerConfig, fds_per_worker};
 use crate::{log, sys};
 
 /// The largest `--max-pending`: a connection's pending output must stay within what its
@@ -118,6 +118,7 @@ pub struct Summary {
 pub struct Running {
     addr: SocketAddr,
     udp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     max_connections: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
@@ -166,8 +167,13 @@ impl Server {
             sys::ignore_sigpipe();
         }
         let udp_fds = u64::from(config.udp_port.is_some()); // the UDP socket (#12)
-        let reserved =
-            (fds_per_worker(config.splice) + udp_fds) * config.workers as u64 + FDS_FOR_PROCESS;
+        #[cfg(feature = "tls")]
+        let tls_on = config.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls_on = false;
+        let tls_fds = if tls_on { TLS_FDS_PER_WORKER } else { 0 };
+        let reserved = (fds_per_worker(config.splice) + udp_fds + tls_fds) * config.workers as u64
+            + FDS_FOR_PROCESS;
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| nofile.saturating_sub(reserved).max(1) as usize);
@@ -181,6 +187,13 @@ impl Server {
         let cpus = num_cpus::get();
         let mut addr = SocketAddr::new(config.host, config.port);
         let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(config.host, p));
+        #[cfg(feature = "tls")]
+        let mut tls_addr = config
+            .tls
+            .as_ref()
+            .map(|t| SocketAddr::new(config.host, t.port));
+        #[cfg(not(feature = "tls"))]
+        let mut tls_addr: Option<SocketAddr> = None;
         let mut workers = Vec::with_capacity(config.workers);
         for (id, wake) in wake_readers.into_iter().enumerate() {
             let cfg = WorkerConfig {
@@ -198,6 +211,14 @@ impl Server {
                     rate: config.udp_rate,
                     workers: config.workers,
                 }),
+                #[cfg(feature = "tls")]
+                tls: config.tls.as_ref().zip(tls_addr).map(|(t, addr)| {
+                    crate::worker::tls::TlsWorkerConfig {
+                        addr,
+                        reloader: t.reloader.clone(),
+                        handshake_timeout: t.handshake_timeout,
+                    }
+                }),
             };
             let (tx, rx) = mpsc::channel();
             let sh = shared.clone();
@@ -205,7 +226,7 @@ impl Server {
                 .name(format!("worker-{id}"))
                 .spawn(move || match Worker::bind(cfg, sh.clone(), wake) {
                     Ok(w) => {
-                        let _ = tx.send(Ok((w.local_addr(), w.udp_addr())));
+                        let _ = tx.send(Ok((w.local_addr(), w.udp_addr(), w.tls_addr())));
                         let r = w.run();
                         if let Err(e) = &r {
                             // Never leave a half-running server: take the others down too.
@@ -229,7 +250,7 @@ impl Server {
                 Err(e) => Err(io::Error::new(e.kind(), format!("spawn worker {id}: {e}"))),
             };
             match bound {
-                Ok((a, u)) => (addr, udp_addr) = (a, u),
+                Ok((a, u, t)) => (addr, udp_addr, tls_addr) = (a, u, t),
                 Err(e) => {
                     ShutdownHandle(shared.clone()).shutdown();
                     for w in workers {
@@ -261,6 +282,17 @@ impl Server {
                 config.workers
             );
         }
+        #[cfg(feature = "tls")]
+        if let (Some(t), Some(a)) = (&config.tls, tls_addr) {
+            log!(
+                Level::Info,
+                "TLS (1.2, 1.3) on {a} with {} worker(s); certificate {}, key {}, handshake-timeout {:?}",
+                config.workers,
+                t.reloader.cert_path().display(),
+                t.reloader.key_path().display(),
+                t.handshake_timeout
+            );
+        }
         let stats_thread = config.stats_interval.filter(|d| !d.is_zero()).map(|every| {
             let (tx, rx) = mpsc::channel::<()>();
             let sh = shared.clone();
@@ -273,6 +305,7 @@ impl Server {
         Ok(Running {
             addr,
             udp_addr,
+            tls_addr,
             max_connections,
             shared,
             workers,
@@ -303,6 +336,11 @@ impl Running {
     /// The UDP echo address (with the real port when 0 was asked for); `None` without UDP.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp_addr
+    }
+
+    /// The TLS address (with the real port when 0 was asked for); `None` without TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn max_connections(&self) -> usize {

@@ -281,27 +281,3 @@ fn bad_certificate_and_key_files_exit_2_naming_flag_and_file() {
         assert_config_error(&["-p", "0"], &env, &[&named, what]);
     }
 }
-
-#[test]
-fn a_valid_pair_is_accepted_but_not_served_until_the_workers_speak_tls() {
-    // Until the worker integration lands, a good configuration is checked and then refused
-    // with exit 1 rather than silently serving plain TCP only.
-    let c = Certs::new("valid");
-    let args = [
-        "-p",
-        "0",
-        "--tls-port",
-        "0",
-        "--tls-cert",
-        c.cert.to_str().unwrap(),
-        "--tls-key",
-        c.key.to_str().unwrap(),
-    ];
-    let out = run(&args, &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("are valid, but this build does not serve TLS yet"),
-        "{err}"
-    );
-}

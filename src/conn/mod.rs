@@ -55,6 +55,8 @@
 
 mod pending;
 mod stage;
+#[cfg(feature = "tls")]
+pub mod tls_stage;
 
 use std::fmt;
 use std::io::ErrorKind;
@@ -63,7 +65,7 @@ use std::time::Duration;
 
 pub use pending::{MAX as PENDING_MAX, Pending};
 use stage::Layers;
-pub use stage::{Flow, Stage};
+pub use stage::{Deadline, Flow, Stage};
 
 /// Coarse time: 100 ms units since the worker started (u32: 13 years before it wraps).
 pub type Tick = u32;
@@ -214,6 +216,8 @@ pub enum CloseReason {
     Quiet,
     /// Shutting down, and `--shutdown-timeout` passed.
     ShutdownTimeout,
+    /// A stage's deadline passed before it was done (see [`Deadline`]).
+    Timeout(&'static str),
 }
 
 impl fmt::Display for CloseReason {
@@ -225,6 +229,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Idle => f.write_str("idle timeout"),
             CloseReason::Quiet => f.write_str("quiet at shutdown"),
             CloseReason::ShutdownTimeout => f.write_str("shutdown timeout"),
+            CloseReason::Timeout(what) => f.write_str(what),
         }
     }
 }
@@ -309,6 +314,24 @@ impl Conn {
     /// Adds a stage after the ones already there (see the module header).
     pub fn push_stage(&mut self, stage: Box<dyn Stage>) {
         self.layers.get_or_insert_with(Default::default).push(stage);
+    }
+
+    /// The earliest deadline of this connection's stages (see [`Deadline`]).
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.layers.as_ref().and_then(|l| l.deadline())
+    }
+
+    /// The server is closing this connection (idle timeout, shutdown drain): the bytes its
+    /// stages want sent last (a TLS close_notify), for one best-effort send. Empty for a plain
+    /// connection, and when output is still pending (it would not get through anyway).
+    pub fn goodbye(&mut self) -> &[u8] {
+        if let Some(layers) = self.layers.as_mut()
+            && self.pending.is_empty()
+        {
+            layers.close(&mut self.pending);
+            return self.pending.as_slice();
+        }
+        &[]
     }
 
     /// Queues bytes to send before any echo (a banner). Sent on the first writable edge.

@@ -13,7 +13,16 @@
 
 use std::fmt;
 
+use super::Tick;
 use super::pending::Pending;
+
+/// A stage's deadline: unless the stage is done with its part by tick `at` (a TLS handshake, a
+/// PROXY header), the worker closes the connection with [`super::CloseReason::Timeout`]`(what)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    pub at: Tick,
+    pub what: &'static str,
+}
 
 /// What a stage did with the input it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +49,18 @@ pub trait Stage: Send + fmt::Debug {
     fn on_eof(&mut self, out: &mut Pending) -> Flow {
         let _ = out;
         Flow::Hold
+    }
+
+    /// The tick by which this stage must be done, while it is not (`None`: no deadline, or
+    /// done). Fixed when the stage is made; the worker keeps the timer.
+    fn deadline(&self) -> Option<Deadline> {
+        None
+    }
+
+    /// The server is closing the connection (idle timeout, shutdown drain): queue any last
+    /// words (a TLS close_notify). Sent at most once, best effort, if nothing else is pending.
+    fn on_close(&mut self, out: &mut Pending) {
+        let _ = out;
     }
 }
 
@@ -83,6 +104,20 @@ impl Layers {
             }
         }
         Flow::Pass(off)
+    }
+
+    /// The earliest deadline of the stages still running.
+    pub(super) fn deadline(&self) -> Option<Deadline> {
+        self.stages
+            .iter()
+            .filter_map(|s| s.deadline())
+            .min_by_key(|d| d.at)
+    }
+
+    pub(super) fn close(&mut self, out: &mut Pending) {
+        for stage in &mut self.stages {
+            stage.on_close(out);
+        }
     }
 
     pub(super) fn eof(&mut self, out: &mut Pending) -> Flow {

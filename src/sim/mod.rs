@@ -405,6 +405,11 @@ impl World {
             CloseReason::Rejected(r) => {
                 return Err(format!("client {id} rejected ({r}) without a stage"));
             }
+            CloseReason::Timeout(what) => {
+                return Err(format!(
+                    "client {id} closed by a stage deadline ({what}) without a stage"
+                ));
+            }
             CloseReason::Idle => {
                 self.report.idle += 1;
                 let limit = self.idle_ticks.unwrap_or(u64::MAX);

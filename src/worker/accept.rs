@@ -16,7 +16,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::throttle::Throttled;
-use super::{ACCEPT_BATCH, Token, Worker, WorkerConfig};
+use super::{ACCEPT_BATCH, Listen, Token, Worker, WorkerConfig};
 use crate::conn::Conn;
 use crate::log::Level;
 use crate::{log, sys};
@@ -26,10 +26,15 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Creates the listening socket: new → SO_REUSEPORT → nonblocking → bind → listen.
 pub fn listen(cfg: &WorkerConfig) -> io::Result<OwnedFd> {
+    listen_on(cfg, cfg.addr)
+}
+
+/// [`listen`] on another address (the TLS listener).
+pub fn listen_on(cfg: &WorkerConfig, addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
     let step = |what: &str, e: io::Error| {
         io::Error::new(e.kind(), format!("worker {}: {what}: {e}", cfg.id))
     };
-    let domain = Domain::for_address(cfg.addr);
+    let domain = Domain::for_address(addr);
     let socket = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
         .map_err(|e| step("create socket", e))?;
     socket
@@ -42,11 +47,11 @@ pub fn listen(cfg: &WorkerConfig) -> io::Result<OwnedFd> {
         .set_nonblocking(true)
         .map_err(|e| step("set O_NONBLOCK", e))?;
     socket
-        .bind(&cfg.addr.into())
-        .map_err(|e| step(&format!("bind {}", cfg.addr), e))?;
+        .bind(&addr.into())
+        .map_err(|e| step(&format!("bind {addr}"), e))?;
     socket
         .listen(cfg.backlog)
-        .map_err(|e| step(&format!("listen on {}", cfg.addr), e))?;
+        .map_err(|e| step(&format!("listen on {addr}"), e))?;
     Ok(socket.into())
 }
 
@@ -125,43 +130,72 @@ impl Acceptor {
     }
 }
 
+/// The acceptor of listener `l` (a function of the two fields, so the rest of the worker
+/// stays borrowable beside it).
+fn acceptor<'a>(
+    plain: &'a mut Acceptor,
+    tls: &'a mut Option<Acceptor>,
+    l: Listen,
+) -> Option<&'a mut Acceptor> {
+    match l {
+        Listen::Plain => Some(plain),
+        Listen::Tls => tls.as_mut(),
+    }
+}
+
 impl Worker {
-    pub(super) fn accept_batch(&mut self) {
+    pub(super) fn accept_batch(&mut self, l: Listen) {
         for _ in 0..ACCEPT_BATCH {
-            let Some(listener) = self.acceptor.listener.as_ref() else {
+            let Some(a) = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l) else {
+                return;
+            };
+            let Some(listener) = a.listener.as_ref() else {
                 return;
             };
             match sys::accept(listener.as_fd()) {
-                Ok(fd) => self.admit(fd),
+                Ok(fd) => self.admit(fd, l),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if sys::is_out_of_fds(&e) => return self.out_of_fds(&e),
+                Err(e) if sys::is_out_of_fds(&e) => return self.out_of_fds(&e, l),
                 Err(e) if sys::is_transient_accept_error(&e) => continue,
                 Err(e) => {
                     // Unexpected: say so (rate-limited) and rest the listener rather than
                     // have the level-triggered listener report the same failure in a loop.
-                    if let Some(n) = self.acceptor.accept_errors.hit(self.clock.now) {
-                        log!(
-                            Level::Warn,
-                            "accept on {}: {e} ({n} time(s))",
-                            self.acceptor.local_addr
-                        );
+                    if let Some(n) = a.accept_errors.hit(self.clock.now) {
+                        log!(Level::Warn, "accept on {}: {e} ({n} time(s))", a.local_addr);
                     }
-                    return self.pause_listener();
+                    return self.pause_listener(l);
                 }
             }
         }
     }
 
-    /// Counts, configures, registers and stores one accepted client — or refuses it.
-    fn admit(&mut self, fd: OwnedFd) {
+    /// Counts, configures, registers and stores one accepted client — or refuses it. The
+    /// same rules for both listeners; a TLS client's connection gets its TLS stage.
+    fn admit(&mut self, fd: OwnedFd, l: Listen) {
         self.counters.accepted += 1;
         if !self.shared.try_admit(self.cfg.max_connections) {
             drop(fd); // the client sees the connection close at once
             self.counters.refused += 1;
-            if let Some(n) = self.acceptor.refusals.hit(self.clock.now) {
+            let a = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l);
+            if let Some(n) = a.and_then(|a| a.refusals.hit(self.clock.now)) {
                 self.log_refusals(n);
             }
             return;
+        }
+        // The stages, in order: (a PROXY header goes first) → TLS.
+        let mut conn = Conn::new(self.clock.tick);
+        if l == Listen::Tls {
+            #[cfg(feature = "tls")]
+            if let Some(tls) = self.tls.as_mut() {
+                match tls.stage(self.clock.tick, self.cfg.max_pending) {
+                    Ok(stage) => conn.push_stage(Box::new(stage)),
+                    Err(e) => {
+                        log!(Level::Warn, "TLS session: {e}");
+                        self.shared.release();
+                        return;
+                    }
+                }
+            }
         }
         // An echo must not wait for Nagle; failure here only costs latency.
         let _ = sys::set_nodelay(fd.as_fd());
@@ -178,7 +212,7 @@ impl Worker {
             return;
         }
         log!(Level::Debug, "accept {}", peer(&fd));
-        let stored = self.conns.insert(fd, Conn::new(self.clock.tick));
+        let stored = self.conns.insert(fd, conn);
         debug_assert_eq!(stored, idx);
     }
 
@@ -193,9 +227,11 @@ impl Worker {
     /// accept failed for lack of descriptors: give the reserve descriptor back to accept one
     /// waiting client and close it at once (so it does not hang in the backlog), then take the
     /// reserve again. If even that fails, rest the listener briefly instead of spinning.
-    fn out_of_fds(&mut self, e: &io::Error) {
+    fn out_of_fds(&mut self, e: &io::Error, l: Listen) {
         let mut shed = false;
-        let a = &mut self.acceptor;
+        let Some(a) = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l) else {
+            return;
+        };
         if let (Some(reserve), Some(listener)) = (a.reserve.take(), a.listener.as_ref()) {
             drop(reserve);
             if let Ok(client) = sys::accept(listener.as_fd()) {
@@ -213,40 +249,54 @@ impl Worker {
             );
         }
         if !shed || a.reserve.is_none() {
-            self.pause_listener();
+            self.pause_listener(l);
         }
     }
 
     /// Stops watching the listener for [`ACCEPT_PAUSE`]; `accept_timers` resumes it.
-    fn pause_listener(&mut self) {
-        if let Some(listener) = self.acceptor.listener.as_ref() {
+    fn pause_listener(&mut self, l: Listen) {
+        let Some(a) = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l) else {
+            return;
+        };
+        if let Some(listener) = a.listener.as_ref() {
             let _ = self
                 .epoll
-                .modify(listener.as_fd(), 0, Token::Listener.encode());
+                .modify(listener.as_fd(), 0, Token::Listener(l).encode());
         }
-        self.acceptor.paused_until = Some(self.clock.now + ACCEPT_PAUSE);
+        a.paused_until = Some(self.clock.now + ACCEPT_PAUSE);
     }
 
-    /// Ends a listener pause that is over; prints held-back warnings that are due.
+    /// Ends listener pauses that are over; prints held-back warnings that are due.
     pub(super) fn accept_timers(&mut self) {
+        self.listener_timers(Listen::Plain);
+        self.listener_timers(Listen::Tls);
+    }
+
+    fn listener_timers(&mut self, l: Listen) {
         let now = self.clock.now;
-        if let Some(until) = self.acceptor.paused_until
+        let Some(a) = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l) else {
+            return;
+        };
+        if let Some(until) = a.paused_until
             && now >= until
         {
-            self.acceptor.paused_until = None;
-            if self.acceptor.reserve.is_none() {
-                self.acceptor.reserve = sys::eventfd().ok();
+            a.paused_until = None;
+            if a.reserve.is_none() {
+                a.reserve = sys::eventfd().ok();
             }
-            if let Some(listener) = self.acceptor.listener.as_ref() {
-                let _ = self
-                    .epoll
-                    .modify(listener.as_fd(), sys::EPOLLIN, Token::Listener.encode());
+            if let Some(listener) = a.listener.as_ref() {
+                let _ =
+                    self.epoll
+                        .modify(listener.as_fd(), sys::EPOLLIN, Token::Listener(l).encode());
             }
         }
-        if let Some(n) = self.acceptor.refusals.due(now) {
-            self.log_refusals(n);
+        if let Some(n) = a.refusals.due(now) {
+            log!(
+                Level::Warn,
+                "refused {n} connection(s) since the last report: --max-connections {} reached",
+                self.cfg.max_connections
+            );
         }
-        let a = &mut self.acceptor;
         if let Some(n) = a.accept_errors.due(now) {
             log!(
                 Level::Warn,

@@ -2,6 +2,8 @@
 //! and the drain — without fds: the event loop passes in how to serve one connection and what
 //! to do with a closed one, and the simulator passes in fakes. Generic over the socket handle.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use super::drain::Drain;
@@ -26,6 +28,11 @@ pub struct Conns<S> {
     params: Params,
     idle: IdleTimeout,
     drain: Option<Drain>,
+    /// Stage deadlines (a TLS handshake): (tick, slot), earliest first. An entry is checked
+    /// against the connection when it comes due (the stage may be done, the slot reused), so
+    /// nothing is removed early; there is one entry per connection accepted within the
+    /// longest stage timeout.
+    deadlines: BinaryHeap<Reverse<(Tick, u32)>>,
 }
 
 impl<S> Conns<S> {
@@ -36,6 +43,7 @@ impl<S> Conns<S> {
             params,
             idle: IdleTimeout::new(idle_timeout),
             drain: None,
+            deadlines: BinaryHeap::new(),
         }
     }
 
@@ -56,9 +64,14 @@ impl<S> Conns<S> {
         self.table.next_index()
     }
 
-    /// Stores a newly accepted connection.
+    /// Stores a newly accepted connection (with its stages: their deadline is armed here).
     pub fn insert(&mut self, sock: S, conn: Conn) -> u32 {
-        self.table.insert(sock, conn)
+        let deadline = conn.deadline();
+        let idx = self.table.insert(sock, conn);
+        if let Some(d) = deadline {
+            self.deadlines.push(Reverse((d.at, idx)));
+        }
+        idx
     }
 
     /// Records an epoll event for slot `idx` and queues it for a turn.
@@ -147,6 +160,7 @@ impl<S> Conns<S> {
     /// Closes idle connections and, while draining, quiet or timed-out ones. Returns how many
     /// were closed by the shutdown timeout.
     pub fn on_timers(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) -> usize {
+        self.expire_deadlines(now, closed);
         for idx in self.idle.expired(&self.table, now) {
             self.close(idx, CloseReason::Idle, closed);
         }
@@ -164,9 +178,31 @@ impl<S> Conns<S> {
         timed_out
     }
 
+    /// Closes connections whose stage deadline has passed (see [`crate::conn::Deadline`]).
+    fn expire_deadlines(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) {
+        while let Some(&Reverse((at, idx))) = self.deadlines.peek() {
+            if at > now {
+                return;
+            }
+            self.deadlines.pop();
+            // The slot may hold the same connection (done or not), a newer one, or none.
+            let Some(d) = self.table.get(idx).and_then(|(_, c)| c.deadline()) else {
+                continue;
+            };
+            if d.at <= now {
+                self.close(idx, CloseReason::Timeout(d.what), closed);
+            } else {
+                // A later deadline (the next stage's, or a newer connection's in a reused
+                // slot, which then has two entries; the second finds nothing to do).
+                self.deadlines.push(Reverse((d.at, idx)));
+            }
+        }
+    }
+
     /// The next tick a timer is due, if any.
     pub fn next_deadline(&self, now: Tick) -> Option<u64> {
         [
+            self.deadlines.peek().map(|Reverse((at, _))| u64::from(*at)),
             self.idle.next_deadline(&self.table),
             self.drain
                 .as_ref()

@@ -12,6 +12,12 @@ use crate::log::Level;
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::udp::Turn;
+
+#[cfg(feature = "tls")]
+use crate::conn::tls_stage::TlsTally;
+/// Without TLS there are no TLS counters.
+#[cfg(not(feature = "tls"))]
+enum TlsTally {}
 use crate::{log, sys};
 
 /// Maps epoll bits onto the connection's readiness.
@@ -33,9 +39,31 @@ fn readiness(events: u32) -> Readiness {
 }
 
 /// What happens to every connection that leaves: the one place they all go through. Per-client
-/// resources acquired at admission are released here.
-fn on_closed(shared: &Shared, counters: &mut Counters) -> impl FnMut(OwnedFd, Conn, CloseReason) {
-    move |fd, conn, why| {
+/// resources acquired at admission are released here. A connection the server ends (idle,
+/// shutdown) gets its stages' last words first (a TLS close_notify: one send, best effort).
+fn on_closed<'a>(
+    shared: &'a Shared,
+    counters: &'a mut Counters,
+    tally: Option<&'a TlsTally>,
+) -> impl FnMut(OwnedFd, Conn, CloseReason) + 'a {
+    move |fd, mut conn, why| {
+        if matches!(
+            why,
+            CloseReason::Idle | CloseReason::Quiet | CloseReason::ShutdownTimeout
+        ) {
+            let bye = conn.goodbye();
+            if !bye.is_empty() {
+                let _ = sys::send(fd.as_fd(), bye);
+            }
+        }
+        #[cfg(feature = "tls")]
+        if why == CloseReason::Timeout(crate::conn::tls_stage::HANDSHAKE_TIMEOUT)
+            && let Some(t) = tally
+        {
+            t.count_timeout();
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = tally;
         log!(
             Level::Debug,
             "close {} ({why}), {} byte(s) unsent",
@@ -74,7 +102,7 @@ impl Worker {
             for ev in &events[..n] {
                 match Token::decode(ev.token()) {
                     Token::Wake => self.begin_shutdown(),
-                    Token::Listener => self.accept_batch(),
+                    Token::Listener(l) => self.accept_batch(l),
                     Token::Udp => self.udp_ready = true,
                     Token::Conn(idx) => self.conns.ready(idx, readiness(ev.events())),
                 }
@@ -84,6 +112,10 @@ impl Worker {
             self.serve_udp();
             self.on_timers();
             self.conns.end_batch();
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &self.tls {
+                self.counters.tls = tls.tally.snapshot();
+            }
             self.shared.stats[self.cfg.id].publish(&self.counters, self.conns.live());
             if self.conns.draining() && self.conns.live() == 0 {
                 return Ok(());
@@ -94,7 +126,11 @@ impl Worker {
     /// Gives every queued connection one budgeted turn.
     fn serve_run_queue(&mut self) {
         let (buf, pipe) = (&mut self.buf, self.pipe.as_ref());
-        let mut closed = on_closed(&self.shared, &mut self.counters);
+        #[cfg(feature = "tls")]
+        let tally = self.tls.as_ref().map(|t| &*t.tally);
+        #[cfg(not(feature = "tls"))]
+        let tally = None;
+        let mut closed = on_closed(&self.shared, &mut self.counters, tally);
         let moved = self.conns.serve_queued(
             self.clock.tick,
             |fd, conn, turn| {
@@ -142,6 +178,9 @@ impl Worker {
             return;
         }
         self.acceptor.close();
+        if let Some(a) = self.tls_acceptor.as_mut() {
+            a.close();
+        }
         // Datagrams have nothing to drain: stop answering at once.
         self.udp = None;
         self.udp_ready = false;
@@ -160,14 +199,19 @@ impl Worker {
             .conns
             .next_deadline(self.clock.tick)
             .map(|t| self.clock.at(t));
-        [conns, self.acceptor.next_deadline()]
+        let tls = self.tls_acceptor.as_ref().and_then(|a| a.next_deadline());
+        [conns, self.acceptor.next_deadline(), tls]
             .into_iter()
             .flatten()
             .min()
     }
 
     fn on_timers(&mut self) {
-        let mut closed = on_closed(&self.shared, &mut self.counters);
+        #[cfg(feature = "tls")]
+        let tally = self.tls.as_ref().map(|t| &*t.tally);
+        #[cfg(not(feature = "tls"))]
+        let tally = None;
+        let mut closed = on_closed(&self.shared, &mut self.counters, tally);
         let timed_out = self.conns.on_timers(self.clock.tick, &mut closed);
         drop(closed);
         if timed_out > 0 {

@@ -50,6 +50,8 @@ pub mod idle;
 pub mod service;
 pub mod table;
 pub mod throttle;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -80,6 +82,10 @@ pub fn fds_per_worker(splice: bool) -> u64 {
     5 + if splice { 2 } else { 0 }
 }
 
+/// Descriptors a worker's TLS listener adds (`--tls-port`): the listener and its acceptor's
+/// reserve descriptor.
+pub const TLS_FDS_PER_WORKER: u64 = 2;
+
 /// What one worker needs to know, fixed at startup.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -96,6 +102,16 @@ pub struct WorkerConfig {
     pub splice: bool,
     /// The UDP echo socket (`--udp-port`), if on.
     pub udp: Option<UdpConfig>,
+    /// The TLS listener (`--tls-port`), if on.
+    #[cfg(feature = "tls")]
+    pub tls: Option<tls::TlsWorkerConfig>,
+}
+
+/// Which of a worker's listeners: each has its own [`Acceptor`], sharing the admission code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listen {
+    Plain,
+    Tls,
 }
 
 /// The epoll token kinds. Clients use their slot index; the rest sit at the top of the range.
@@ -103,7 +119,7 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
     Wake,
-    Listener,
+    Listener(Listen),
     Udp,
     Conn(u32),
 }
@@ -112,11 +128,13 @@ impl Token {
     const WAKE: u64 = u64::MAX;
     const LISTENER: u64 = u64::MAX - 1;
     const UDP: u64 = u64::MAX - 2;
+    const TLS_LISTENER: u64 = u64::MAX - 3;
 
     fn encode(self) -> u64 {
         match self {
             Token::Wake => Self::WAKE,
-            Token::Listener => Self::LISTENER,
+            Token::Listener(Listen::Plain) => Self::LISTENER,
+            Token::Listener(Listen::Tls) => Self::TLS_LISTENER,
             Token::Udp => Self::UDP,
             Token::Conn(i) => u64::from(i),
         }
@@ -125,7 +143,8 @@ impl Token {
     fn decode(t: u64) -> Token {
         match t {
             Self::WAKE => Token::Wake,
-            Self::LISTENER => Token::Listener,
+            Self::LISTENER => Token::Listener(Listen::Plain),
+            Self::TLS_LISTENER => Token::Listener(Listen::Tls),
             Self::UDP => Token::Udp,
             i => Token::Conn(i as u32),
         }
@@ -170,6 +189,10 @@ pub struct Worker {
     epoll: sys::Epoll,
     wake: OwnedFd,
     acceptor: Acceptor,
+    /// The TLS listener's acceptor (`--tls-port`).
+    tls_acceptor: Option<Acceptor>,
+    #[cfg(feature = "tls")]
+    tls: Option<tls::TlsSide>,
     conns: Conns<OwnedFd>,
     buf: Box<[u8]>,
     pipe: Option<SplicePipe>,
@@ -195,7 +218,22 @@ impl Worker {
         }
         let listener = accept::listen(&cfg)?;
         let epoll = sys::Epoll::new()?;
-        let acceptor = Acceptor::new(listener, &epoll, Token::Listener.encode())?;
+        let acceptor = Acceptor::new(listener, &epoll, Token::Listener(Listen::Plain).encode())?;
+        // The TLS listener beside the plain one, in the same epoll instance.
+        #[cfg(feature = "tls")]
+        let (tls_acceptor, tls) = match &cfg.tls {
+            Some(t) => {
+                let listener = accept::listen_on(&cfg, t.addr)?;
+                let token = Token::Listener(Listen::Tls).encode();
+                (
+                    Some(Acceptor::new(listener, &epoll, token)?),
+                    Some(tls::TlsSide::new(t)),
+                )
+            }
+            None => (None, None),
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls_acceptor = None;
         epoll.add(wake.as_fd(), sys::EPOLLIN, Token::Wake.encode())?;
         // This worker's UDP socket beside its listener, edge-triggered like the clients.
         let udp = match &cfg.udp {
@@ -233,6 +271,9 @@ impl Worker {
             epoll,
             wake,
             acceptor,
+            tls_acceptor,
+            #[cfg(feature = "tls")]
+            tls,
             buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
             pipe,
             events: vec![sys::Event::zeroed(); EVENTS].into_boxed_slice(),
@@ -250,5 +291,10 @@ impl Worker {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.acceptor.local_addr()
+    }
+
+    /// The TLS listener's address, if `--tls-port` is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_acceptor.as_ref().map(Acceptor::local_addr)
     }
 }
