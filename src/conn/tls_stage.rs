@@ -259,6 +259,8 @@ mod tests {
             // The client's close_notify gets the rest of the echo, then the connection ends.
             let mut conn = new_conn();
             let mut client = testcert::client(&client_cfg);
+            client.writer().write_all(b"first ").unwrap();
+            assert!(!pump(&mut conn, &mut client));
             client.writer().write_all(b"last words").unwrap();
             client.send_close_notify();
             assert!(
@@ -267,7 +269,7 @@ mod tests {
             );
             let mut got = Vec::new();
             let _ = client.reader().read_to_end(&mut got);
-            assert_eq!(got, b"last words");
+            assert_eq!(got, b"first last words");
             assert_eq!(tally.snapshot().handshakes, 2);
         }
     }
