@@ -1,6 +1,7 @@
 # epoll-echo container image: a static binary in an empty (FROM scratch) image.
 #
-#   docker build -t epoll-echo:latest .
+#   docker build -t epoll-echo:latest .      # make docker: builds from source
+#   make image                               # same final stage, host-built binaries
 #   docker run --rm -p 8080:8080 epoll-echo:latest --maxListeners 4
 #
 # Flags after the image name go straight to the server (exec-form ENTRYPOINT).
@@ -27,27 +28,37 @@ ENV RUSTFLAGS="-C target-feature=+crt-static" \
 # src/ does not re-download crates. Cargo refuses a manifest with no target,
 # hence the throw-away stub main.rs. --locked: Cargo.lock must be up to date.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs \
+COPY echo-bench/Cargo.toml echo-bench/
+RUN mkdir -p src echo-bench/src && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > echo-bench/src/main.rs \
  && cargo fetch --locked --target x86_64-unknown-linux-gnu \
- && rm -rf src
+ && rm -rf src echo-bench/src
 
 # The sources. (If a build.rs is ever added, COPY it here too.)
 COPY src/ src/
+COPY echo-bench/src/ echo-bench/src/
 # Build both binaries, then fail here rather than at run time if either one
 # came out dynamic (a program interpreter or a NEEDED shared library).
-RUN cargo build --release --locked --target x86_64-unknown-linux-gnu \
+RUN cargo build --release --locked --workspace --target x86_64-unknown-linux-gnu \
  && for b in epoll-echo echo-bench; do \
       f=target/x86_64-unknown-linux-gnu/release/$b; \
       h=$(readelf -lWd "$f") || exit 1; \
       case "$h" in *INTERP*|*'(NEEDED)'*) echo "$f is not static" >&2; exit 1;; esac; \
     done
 
-# ---- final stage --------------------------------------------------------------
+# The two binaries at /, whichever way they were built. `make image`
+# (scripts/image.sh) replaces everything above the final-stage marker below with
+# a `binaries` stage that COPYs host-built static binaries from its context,
+# and keeps the final stage byte for byte: one final stage, two ways to feed it.
+FROM scratch AS binaries
+COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/epoll-echo /src/target/x86_64-unknown-linux-gnu/release/echo-bench /
+
+# ---- final stage (shared with make image: keep it self-contained) ----------
 # Nothing but the two binaries: no shell, no libc, no CA certs (none needed).
 FROM scratch
-COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/epoll-echo /epoll-echo
+COPY --from=binaries /epoll-echo /epoll-echo
 # echo-bench is here for its `probe` subcommand (HEALTHCHECK / k8s probes).
-COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/echo-bench /echo-bench
+COPY --from=binaries /echo-bench /echo-bench
 
 # nobody:nogroup, numerically (scratch has no /etc/passwd). Port 8080 is above
 # 1024, so no capability is needed to bind it.

@@ -6,7 +6,7 @@ STATIC_TARGET := x86_64-unknown-linux-gnu
 IMAGE ?= epoll-echo:latest
 DOCKER ?= docker
 
-.PHONY: build run test lint fmt clean static check-static check-image docker bench soak fuzz test-plain
+.PHONY: build run test lint fmt clean static check-static image check-container docker bench soak fuzz test-plain
 
 build:
 	$(CARGO) build --release --locked --workspace
@@ -41,11 +41,16 @@ static:
 check-static: static
 	bash scripts/check-static.sh
 
-## Builds the Dockerfile's FROM scratch stage with podman and checks its config (needs podman).
-check-image: static
-	bash scripts/check-image.sh
+## The image from the host-built static binaries: the Dockerfile's own final stage, no
+## base image pulled (works without a registry).
+image: static
+	IMAGE=$(IMAGE) DOCKER=$(DOCKER) bash scripts/image.sh
 
-## The image (make docker DOCKER=podman works too).
+## The image under a real Docker engine, run the way users run it (starts dockerd if needed).
+check-container: image
+	IMAGE=$(IMAGE) bash scripts/check-container.sh
+
+## The image built from source in the rust:1-bookworm stage (needs a registry).
 docker:
 	$(DOCKER) build -t $(IMAGE) .
 

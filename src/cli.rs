@@ -1,6 +1,6 @@
 //! The command line (clap derive). Bad values are rejected at parse time, naming the flag.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 #[cfg(feature = "tls")]
 use std::path::PathBuf;
@@ -26,9 +26,10 @@ pub struct Cli {
     )]
     pub port: u16,
 
-    /// IP address to listen on (IPv4 or IPv6 literal, e.g. 127.0.0.1, ::1, ::).
-    #[arg(long, default_value = "0.0.0.0", allow_hyphen_values = true)]
-    pub host: IpAddr,
+    /// IP address to listen on (IPv4 or IPv6 literal, e.g. 127.0.0.1, ::1, ::) [default: ::
+    /// accepting IPv4 and IPv6 (dual-stack), or 0.0.0.0 where IPv6 is unavailable].
+    #[arg(long, allow_hyphen_values = true)]
+    pub host: Option<IpAddr>,
 
     /// Worker threads, each with its own listener and epoll instance [default: CPUs available].
     #[arg(long = "maxListeners", visible_alias = "max-listeners", env = "MAX_LISTENERS",
@@ -131,6 +132,16 @@ pub struct Cli {
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = parse_udp_rate, allow_hyphen_values = true)]
     pub udp_rate: u32,
 
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off). An IP literal and
+    /// a port, e.g. 127.0.0.1:9100 or [::]:9100.
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Write the serving process's pid here (atomically); a graceful restart (SIGUSR2) hands
+    /// it to the new process; removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
+
     /// Also serve TLS (1.2 and 1.3) on this port, in every worker; needs --tls-cert and --tls-key.
     #[cfg(feature = "tls")]
     #[arg(long, env = "TLS_PORT", value_name = "PORT", requires_all = ["tls_cert", "tls_key"],
@@ -149,23 +160,11 @@ pub struct Cli {
 
     /// Close a TLS connection whose handshake has not finished within this time.
     #[cfg(feature = "tls")]
-    #[arg(long, default_value = "10s", value_name = "DUR", value_parser = parse_handshake_timeout, allow_hyphen_values = true)]
+    #[arg(long, default_value = "10s", value_name = "DUR", value_parser = parse_header_timeout, allow_hyphen_values = true)]
     pub tls_handshake_timeout: Duration,
 }
 
-#[cfg(feature = "tls")]
-fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
-    let d = crate::duration::parse(s)?;
-    if d.is_zero() {
-        Err("must be more than 0".into())
-    } else if d > Duration::from_secs(3600) {
-        Err(format!("'{s}' is more than the limit of 1h"))
-    } else {
-        Ok(d)
-    }
-}
-
-/// A header timeout: more than zero, at most an hour.
+/// A header or handshake timeout: more than zero, at most an hour.
 fn parse_header_timeout(s: &str) -> Result<Duration, String> {
     let d = crate::duration::parse(s)?;
     if d.is_zero() {
@@ -175,6 +174,12 @@ fn parse_header_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' is more than the limit of 1h"));
     }
     Ok(d)
+}
+
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("'{s}' is not an IP address and port, e.g. 127.0.0.1:9100 or [::]:9100")
+    })
 }
 
 fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
@@ -273,6 +278,7 @@ impl Cli {
             proxy_header_timeout: self.proxy_header_timeout,
             udp_port: self.udp_port,
             udp_rate: self.udp_rate,
+            metrics_addr: self.metrics_addr,
             #[cfg(feature = "tls")]
             tls: None,
         }

@@ -1,6 +1,7 @@
 //! A tiny leveled logger to stderr. Log little: one startup line, one shutdown summary,
 //! rate-limited warnings; per-connection events only at `debug`.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -33,7 +34,9 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     };
     let thread = std::thread::current();
     let name = thread.name().unwrap_or("main");
-    eprintln!("epoll-echo[{name}] {tag}: {args}");
+    // Never eprintln!: it panics when stderr is gone (a closed pipe), and a panic in the
+    // signal thread would leave SIGTERM unanswered. A lost log line is the lesser harm.
+    let _ = writeln!(std::io::stderr().lock(), "epoll-echo[{name}] {tag}: {args}");
 }
 
 #[macro_export]

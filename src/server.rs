@@ -6,18 +6,18 @@
 //! server is either fully listening or not running at all.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::log::Level;
-use crate::shared::Shared;
+use crate::shared::{ReloadHook, Shared};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::udp::UdpConfig;
 use crate::worker::{TLS_FDS_PER_WORKER, Worker, WorkerConfig, fds_per_worker};
-use crate::{log, sys};
+use crate::{listeners, log, metrics, sys};
 
 /// The largest `--max-pending`: a connection's pending output must stay within what its
 /// buffer's `u32` cursors address (`conn::PENDING_MAX`), with room for a read and growth.
@@ -31,7 +31,8 @@ pub const FDS_FOR_PROCESS: u64 = 24;
 /// Everything the server needs; the command line fills it in (`cli`), tests build it directly.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub host: IpAddr,
+    /// `None`: dual-stack `::` where IPv6 exists, else `0.0.0.0` ([`listeners::default_host`]).
+    pub host: Option<IpAddr>,
     pub port: u16,
     pub workers: usize,
     pub backlog: i32,
@@ -57,6 +58,8 @@ pub struct Config {
     pub udp_port: Option<u16>,
     /// Replies per second per source IP (`--udp-rate`); 0: unlimited.
     pub udp_rate: u32,
+    /// Serve Prometheus metrics here (`--metrics-addr`); `None`: off.
+    pub metrics_addr: Option<SocketAddr>,
     /// The TLS listener (`--tls-port`), its certificate and handshake timeout.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsSettings>,
@@ -65,7 +68,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            host: None,
             port: 8080,
             workers: num_cpus::get(),
             backlog: 1024,
@@ -83,6 +86,7 @@ impl Default for Config {
             proxy_header_timeout: Duration::from_secs(5),
             udp_port: None,
             udp_rate: 0,
+            metrics_addr: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -97,6 +101,47 @@ impl ShutdownHandle {
     /// Wakes every worker. Returns `false` if shutdown had already been asked for.
     pub fn shutdown(&self) -> bool {
         self.0.request_stop()
+    }
+
+    /// Shutdown after a graceful restart's new process took the listeners over: as
+    /// [`ShutdownHandle::shutdown`], but a connection that is silent right now is not closed
+    /// at once — it may have been accepted a moment ago, its first bytes still in flight — it
+    /// gets one whole quiet drain tick, like a busy one.
+    pub fn hand_over(&self) -> bool {
+        if self.is_shutting_down() {
+            return false;
+        }
+        self.0.set_handing_over();
+        self.shutdown()
+    }
+
+    /// True once shutdown has been asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.stop_requested()
+    }
+
+    /// SIGHUP: runs every reload hook ([`Server::on_reload`]) and logs what each one did.
+    /// Serving goes on whatever they return.
+    pub fn reload(&self) {
+        let hooks = self
+            .0
+            .reload_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if hooks.is_empty() {
+            log!(Level::Info, "reload: nothing to reload");
+        }
+        for hook in hooks.iter() {
+            match hook() {
+                Ok(what) => log!(Level::Info, "reload: {what}"),
+                Err(e) => log!(Level::Error, "reload failed, keeping the old state: {e}"),
+            }
+        }
+    }
+
+    /// The listeners in use (for a graceful restart to hand on).
+    pub fn listeners(&self) -> &listeners::Set {
+        &self.0.listeners
     }
 }
 
@@ -123,13 +168,24 @@ pub struct Running {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
     stats_thread: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    metrics: Option<metrics::Endpoint>,
     started: Instant,
 }
 
 impl Server {
     /// Creates the wake pipes. Install the signal handler on [`Server::shutdown_handle`]
     /// before [`Server::start`], so a signal during startup is not lost.
-    pub fn new(config: Config) -> io::Result<Server> {
+    pub fn new(mut config: Config) -> io::Result<Server> {
+        // Every inherited listener needs a worker to accept on it (see `listeners`).
+        let inherited = listeners::inherited_count();
+        if inherited > config.workers {
+            log!(
+                Level::Info,
+                "running {inherited} workers, one per inherited listener (configured: {})",
+                config.workers
+            );
+            config.workers = inherited;
+        }
         if config.workers == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -144,15 +200,41 @@ impl Server {
             wakers.push(w);
         }
         let shared = Arc::new(Shared::new(wakers));
-        Ok(Server {
+        let server = Server {
             config,
             shared,
             wake_readers,
-        })
+        };
+        // SIGHUP reloads the TLS certificate and key from the same paths, for new connections;
+        // open ones keep theirs. A bad pair keeps the current one (the error names the file).
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &server.config.tls {
+            let reloader = tls.reloader.clone();
+            server.on_reload(Box::new(move || {
+                reloader
+                    .reload()
+                    .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+                Ok(format!(
+                    "reloaded TLS certificate from {} and key from {}",
+                    reloader.cert_path().display(),
+                    reloader.key_path().display()
+                ))
+            }));
+        }
+        Ok(server)
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shared.clone())
+    }
+
+    /// Adds something for SIGHUP to reload (TLS: `server.on_reload(Box::new(move || ...))`).
+    pub fn on_reload(&self, hook: ReloadHook) {
+        self.shared
+            .reload_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// Binds every worker's listener and starts serving.
@@ -163,6 +245,11 @@ impl Server {
             wake_readers,
         } = self;
         let nofile = sys::raise_nofile_limit()?;
+        // Bound first: a bad --metrics-addr fails before any echo listener exists.
+        let metrics = config
+            .metrics_addr
+            .map(|a| metrics::Endpoint::start(a, shared.clone()))
+            .transpose()?;
         if config.splice {
             sys::ignore_sigpipe();
         }
@@ -185,13 +272,11 @@ impl Server {
             );
         }
         let cpus = num_cpus::get();
-        let mut addr = SocketAddr::new(config.host, config.port);
-        let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(config.host, p));
+        let host = config.host.unwrap_or_else(listeners::default_host);
+        let mut addr = SocketAddr::new(host, config.port);
+        let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(host, p));
         #[cfg(feature = "tls")]
-        let mut tls_addr = config
-            .tls
-            .as_ref()
-            .map(|t| SocketAddr::new(config.host, t.port));
+        let mut tls_addr = config.tls.as_ref().map(|t| SocketAddr::new(host, t.port));
         #[cfg(not(feature = "tls"))]
         let mut tls_addr: Option<SocketAddr> = None;
         let mut workers = Vec::with_capacity(config.workers);
@@ -310,6 +395,7 @@ impl Server {
             shared,
             workers,
             stats_thread,
+            metrics,
             started: Instant::now(),
         })
     }
@@ -349,6 +435,11 @@ impl Running {
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shared.clone())
+    }
+
+    /// Where `/metrics` is served (`--metrics-addr`, with the real port).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(metrics::Endpoint::local_addr)
     }
 
     /// Current totals across workers.

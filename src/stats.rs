@@ -9,6 +9,8 @@ pub struct Counters {
     pub accepted: u64,
     pub closed: u64,
     pub refused: u64,
+    /// Of `refused`: shed because the process was out of descriptors.
+    pub refused_no_fds: u64,
     pub idle_closed: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -114,6 +116,7 @@ pub struct WorkerStats {
     accepted: AtomicU64,
     closed: AtomicU64,
     refused: AtomicU64,
+    refused_no_fds: AtomicU64,
     idle_closed: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -133,6 +136,8 @@ pub struct Snapshot {
     pub accepted: u64,
     pub closed: u64,
     pub refused: u64,
+    /// Of `refused`: shed because the process was out of descriptors.
+    pub refused_no_fds: u64,
     pub idle_closed: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -146,6 +151,7 @@ impl WorkerStats {
         self.accepted.store(c.accepted, Relaxed);
         self.closed.store(c.closed, Relaxed);
         self.refused.store(c.refused, Relaxed);
+        self.refused_no_fds.store(c.refused_no_fds, Relaxed);
         self.idle_closed.store(c.idle_closed, Relaxed);
         self.bytes_in.store(c.bytes_in, Relaxed);
         self.bytes_out.store(c.bytes_out, Relaxed);
@@ -174,6 +180,7 @@ impl WorkerStats {
             accepted: self.accepted.load(Relaxed),
             closed: self.closed.load(Relaxed),
             refused: self.refused.load(Relaxed),
+            refused_no_fds: self.refused_no_fds.load(Relaxed),
             idle_closed: self.idle_closed.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
@@ -215,6 +222,7 @@ impl std::ops::Add for Snapshot {
             accepted: self.accepted + o.accepted,
             closed: self.closed + o.closed,
             refused: self.refused + o.refused,
+            refused_no_fds: self.refused_no_fds + o.refused_no_fds,
             idle_closed: self.idle_closed + o.idle_closed,
             bytes_in: self.bytes_in + o.bytes_in,
             bytes_out: self.bytes_out + o.bytes_out,

@@ -86,6 +86,10 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
     }
 
+    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
     pub fn modify(&self, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
     }
@@ -291,4 +295,80 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
 pub fn ignore_sigpipe() {
     // SAFETY: installs the SIG_IGN disposition; no handler code runs, nothing is shared.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// A duplicate of `fd` *without* close-on-exec, numbered 3 or above: for a child process to
+/// inherit (graceful restart). Close it in the parent once the child has been spawned.
+pub fn dup_inheritable(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let new = syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3))?;
+    Ok(owned(new))
+}
+
+/// Takes ownership of descriptor `fd`, named by our parent process in the environment (see
+/// `listeners` and `restart`): checks that it is open, sets close-on-exec on it.
+fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an inherited descriptor (0-2 are stdio)",
+        ));
+    }
+    let flags = syscall!(fcntl(fd, libc::F_GETFD))?;
+    syscall!(fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC))?;
+    // SAFETY: `fd` is open (F_GETFD succeeded) and was left to this process by its parent
+    // for it to own; the callers adopt each number once, at startup, before the process
+    // opens descriptors of its own, so no other owner exists.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// [`adopt`]s an inherited listening TCP socket; anything else is an error (left open).
+pub fn adopt_listener(fd: RawFd) -> io::Result<OwnedFd> {
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(getsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ACCEPTCONN,
+        (&mut on as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    if on == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening socket",
+        ));
+    }
+    adopt(fd)
+}
+
+/// [`adopt`]s an inherited pipe's write end (the restart readiness pipe).
+pub fn adopt_pipe(fd: RawFd) -> io::Result<OwnedFd> {
+    let mut st: libc::stat = {
+        // SAFETY: `stat` is plain data; all-zero is a valid value that fstat overwrites.
+        unsafe { std::mem::zeroed() }
+    };
+    syscall!(fstat(fd, &mut st))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a pipe"));
+    }
+    adopt(fd)
+}
+
+/// Waits up to `timeout` for `fd` to become readable (or hung up); `false` on timeout.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    let n = retry(|| syscall!(poll(&mut p, 1, ms)))?;
+    Ok(n > 0)
+}
+
+/// Sends SIGTERM to process `pid` (a child this process started).
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    syscall!(kill(pid, libc::SIGTERM))?;
+    Ok(())
 }

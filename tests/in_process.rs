@@ -10,7 +10,7 @@ use epoll_echo::{Config, Server};
 #[test]
 fn start_echo_stats_and_shutdown_in_process() {
     let config = Config {
-        host: "127.0.0.1".parse().unwrap(),
+        host: "127.0.0.1".parse().ok(),
         port: 0,
         workers: 2,
         ..Config::default()
@@ -53,7 +53,7 @@ fn start_echo_stats_and_shutdown_in_process() {
 fn a_failed_bind_leaves_no_worker_running() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let config = Config {
-        host: "127.0.0.1".parse().unwrap(),
+        host: "127.0.0.1".parse().ok(),
         port: taken.local_addr().unwrap().port(),
         workers: 3,
         ..Config::default()
@@ -88,7 +88,7 @@ fn workers_cpu() -> Duration {
 #[test]
 fn repeated_shutdown_requests_do_not_spin_the_draining_workers() {
     let config = Config {
-        host: "127.0.0.1".parse().unwrap(),
+        host: "127.0.0.1".parse().ok(),
         port: 0,
         workers: 1,
         shutdown_timeout: Duration::from_secs(30),
@@ -139,7 +139,7 @@ fn repeated_shutdown_requests_do_not_spin_the_draining_workers() {
 #[test]
 fn dropping_the_running_server_shuts_its_workers_down() {
     let config = Config {
-        host: "127.0.0.1".parse().unwrap(),
+        host: "127.0.0.1".parse().ok(),
         port: 0,
         workers: 2,
         ..Config::default()

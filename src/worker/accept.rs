@@ -13,47 +13,14 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-
 use super::throttle::Throttled;
-use super::{ACCEPT_BATCH, Listen, Token, Worker, WorkerConfig};
+use super::{ACCEPT_BATCH, Listen, Token, Worker};
 use crate::conn::Conn;
 use crate::log::Level;
 use crate::{log, sys};
 
 /// How long the listener rests when even the reserve descriptor cannot be had.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-
-/// Creates the listening socket: new → SO_REUSEPORT → nonblocking → bind → listen.
-pub fn listen(cfg: &WorkerConfig) -> io::Result<OwnedFd> {
-    listen_on(cfg, cfg.addr)
-}
-
-/// [`listen`] on another address (the TLS listener).
-pub fn listen_on(cfg: &WorkerConfig, addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
-    let step = |what: &str, e: io::Error| {
-        io::Error::new(e.kind(), format!("worker {}: {what}: {e}", cfg.id))
-    };
-    let domain = Domain::for_address(addr);
-    let socket = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
-        .map_err(|e| step("create socket", e))?;
-    socket
-        .set_reuse_address(true)
-        .map_err(|e| step("set SO_REUSEADDR", e))?;
-    socket
-        .set_reuse_port(true)
-        .map_err(|e| step("set SO_REUSEPORT", e))?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| step("set O_NONBLOCK", e))?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| step(&format!("bind {addr}"), e))?;
-    socket
-        .listen(cfg.backlog)
-        .map_err(|e| step(&format!("listen on {addr}"), e))?;
-    Ok(socket.into())
-}
 
 /// The client's address for debug logs (`getpeername`, only called when they are on).
 pub(super) fn peer(fd: &OwnedFd) -> String {
@@ -109,9 +76,13 @@ impl Acceptor {
         self.local_addr
     }
 
-    /// Stops accepting for good (shutdown): close(2) also removes it from epoll.
-    pub fn close(&mut self) {
-        self.listener = None;
+    /// Stops accepting for good (shutdown). Out of epoll explicitly: after a graceful restart
+    /// the new process holds the same socket, so close(2) alone would leave it registered here
+    /// (and always ready).
+    pub fn close(&mut self, epoll: &sys::Epoll) {
+        if let Some(listener) = self.listener.take() {
+            let _ = epoll.delete(listener.as_fd());
+        }
         self.paused_until = None;
     }
 
@@ -238,6 +209,7 @@ impl Worker {
                 drop(client);
                 self.counters.accepted += 1;
                 self.counters.refused += 1;
+                self.counters.refused_no_fds += 1;
                 shed = true;
             }
             a.reserve = sys::eventfd().ok();

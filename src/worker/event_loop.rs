@@ -177,9 +177,9 @@ impl Worker {
         if self.conns.draining() {
             return;
         }
-        self.acceptor.close();
+        self.acceptor.close(&self.epoll);
         if let Some(a) = self.tls_acceptor.as_mut() {
-            a.close();
+            a.close(&self.epoll);
         }
         // Datagrams have nothing to drain: stop answering at once.
         self.udp = None;

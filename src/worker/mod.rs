@@ -76,10 +76,11 @@ pub const TURN_BUDGET: usize = BUF_SIZE;
 /// Connections accepted per loop turn.
 pub const ACCEPT_BATCH: usize = 128;
 const EVENTS: usize = 1024;
-/// Descriptors a worker holds besides its clients: listener, epoll, both wake-pipe ends, the
-/// reserve descriptor — and the two ends of its splice pipe with `--splice`.
+/// Descriptors a worker holds besides its clients: listener, its duplicate kept for restarts
+/// (`listeners::Set`), epoll, both wake-pipe ends, the reserve descriptor — and the two ends of
+/// its splice pipe with `--splice`.
 pub fn fds_per_worker(splice: bool) -> u64 {
-    5 + if splice { 2 } else { 0 }
+    6 + if splice { 2 } else { 0 }
 }
 
 /// Descriptors a worker's TLS listener adds (`--tls-port`): the listener and its acceptor's
@@ -216,14 +217,16 @@ impl Worker {
                 )
             })?;
         }
-        let listener = accept::listen(&cfg)?;
+        let listener: OwnedFd =
+            crate::listeners::open(cfg.id, cfg.addr, cfg.backlog, &shared.listeners)?.into();
         let epoll = sys::Epoll::new()?;
         let acceptor = Acceptor::new(listener, &epoll, Token::Listener(Listen::Plain).encode())?;
         // The TLS listener beside the plain one, in the same epoll instance.
         #[cfg(feature = "tls")]
         let (tls_acceptor, tls) = match &cfg.tls {
             Some(t) => {
-                let listener = accept::listen_on(&cfg, t.addr)?;
+                // Bound afresh (a graceful restart hands on the plain listeners only).
+                let listener: OwnedFd = crate::listeners::bind(cfg.id, t.addr, cfg.backlog)?.into();
                 let token = Token::Listener(Listen::Tls).encode();
                 (
                     Some(Acceptor::new(listener, &epoll, token)?),
