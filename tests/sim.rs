@@ -37,6 +37,12 @@ fn sim_thousands_of_seeds() {
     );
     assert!(total.shutdown_timeout > 0 && total.errors > 0, "{total:?}");
     assert!(total.bytes_echoed > 10_000_000, "{total:?}");
+    // TLS clients (the TLS stage with a rustls client as the peer): clean ends with both
+    // close_notifys and the whole echo, and handshake timeouts.
+    if cfg!(feature = "tls") {
+        assert!(total.tls_clients > 100, "{total:?}");
+        assert!(total.tls_clean > 0 && total.tls_timeouts > 0, "{total:?}");
+    }
 }
 
 /// One seed (`SIM_SEED`, default 1) — the replay of a failure.

@@ -369,6 +369,12 @@ impl Conn {
         self.has(flag::WRITABLE)
     }
 
+    /// A stage finished the input (a TLS close or failure): nothing more is read, the pending
+    /// output is sent, then the connection closes.
+    pub fn is_finishing(&self) -> bool {
+        self.has(flag::FINISHING)
+    }
+
     /// The peer's EOF was read.
     pub fn saw_eof(&self) -> bool {
         self.has(flag::EOF)

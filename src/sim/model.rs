@@ -92,6 +92,12 @@ pub struct Peer {
     pub stalled_reader: bool,
     /// The first broken invariant seen by this socket (echo order, pipe contents).
     pub first_violation: Option<String>,
+    /// A TLS client: the receive queue holds its ciphertext, and the echo is checked after
+    /// decryption (see `sim::tls`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<super::tls::TlsPeer>,
+    /// The tick the server accepted it.
+    pub accepted: u32,
 }
 
 impl Peer {
@@ -115,7 +121,18 @@ impl Peer {
             closed: None,
             stalled_reader: false,
             first_violation: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            accepted: now,
         }
+    }
+
+    /// A TLS client.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     /// Bytes in the receive queue.
@@ -173,7 +190,7 @@ impl Peer {
         }
     }
 
-    fn violation(&mut self, what: String) {
+    pub fn violation(&mut self, what: String) {
         if self.first_violation.is_none() {
             self.first_violation = Some(what);
         }
@@ -205,7 +222,16 @@ impl Peer {
     /// Accepts echo bytes, checking them against the stream.
     fn accept_echo(&mut self, data: &[u8], now: u32) {
         let end = self.echoed + data.len() as u64;
-        if end > self.read_pos {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            // Ciphertext: the client decrypts it and checks the plaintext.
+            if let Err(e) = tls.receive(self.id, data) {
+                self.violation(e);
+            }
+        }
+        if self.is_tls() {
+            // Checked above, after decryption.
+        } else if end > self.read_pos {
             self.violation(format!(
                 "client {}: echoed up to offset {end} but the server read only {}",
                 self.id, self.read_pos
@@ -258,6 +284,12 @@ impl Socket for SimSocket<'_> {
                 Err(err(ErrorKind::WouldBlock))
             };
         }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = p.tls.as_mut() {
+            tls.take(&mut buf[..n]);
+            p.take(n, self.now);
+            return Ok(n);
+        }
         fill(p.id, p.read_pos, &mut buf[..n]);
         p.take(n, self.now);
         Ok(n)
@@ -294,6 +326,9 @@ impl Socket for SimSocket<'_> {
             return Err(err(ErrorKind::Unsupported));
         };
         let p = &mut *self.peer;
+        if p.is_tls() {
+            p.violation(format!("client {}: a TLS connection was spliced", p.id));
+        }
         if !pipe.is_empty() {
             p.violation(format!(
                 "client {}: splice found {} byte(s) left in the pipe",
