@@ -45,6 +45,24 @@ fn sim_thousands_of_seeds() {
     }
 }
 
+/// The `tls_stage` fuzz target's checks on seeded random inputs (the fuzzer explores more:
+/// `make fuzz FUZZ_TARGET=tls_stage`).
+#[cfg(feature = "tls")]
+#[test]
+fn tls_stage_fuzz_checks_on_random_inputs() {
+    let inputs: u64 = env("SIM_SEEDS").unwrap_or(2000);
+    for seed in 0..inputs {
+        let mut rng = sim::Rng::new(seed);
+        let len = (sim::Source::next(&mut rng) % 600) as usize;
+        let data: Vec<u8> = (0..len)
+            .map(|_| sim::Source::next(&mut rng) as u8)
+            .collect();
+        if let Err(e) = sim::tls::fuzz_stage(&data) {
+            panic!("input of seed {seed} ({len} bytes): {e}");
+        }
+    }
+}
+
 /// One seed (`SIM_SEED`, default 1) — the replay of a failure.
 #[test]
 fn sim_one() {

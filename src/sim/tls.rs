@@ -13,6 +13,7 @@
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
+use super::Source;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::version::{TLS12, TLS13};
@@ -213,4 +214,223 @@ impl TlsPeer {
         }
         Ok(())
     }
+}
+
+impl TlsPeer {
+    /// Puts arbitrary bytes on the wire (a fuzzer's, or an attacker's).
+    pub fn inject(&mut self, bytes: &[u8]) {
+        self.queue.extend(bytes.iter().copied());
+    }
+
+    /// Flips bits of one byte in the server's receive queue (a corrupted record).
+    pub fn corrupt(&mut self, at: usize, xor: u8) {
+        let n = self.queue.len();
+        if n > 0 {
+            self.queue[at % n] ^= xor.max(1);
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// The `tls_stage` fuzz target: one connection with the real TLS stage, fed events decoded
+/// from `data` — arbitrary bytes or a real client's records (split anywhere, sometimes
+/// corrupted), reads of any size, short and refused sends, EOF, the server's goodbye, time.
+///
+/// Checks: no panic; pending output within `--max-pending` + one read + one record and a
+/// flight; the handshake deadline only while handshaking; a close only when the connection
+/// asks for one; with an uncorrupted client, every plaintext byte echoed once, in order, and
+/// a close_notify ends it cleanly; no endless loop.
+pub fn fuzz_stage(data: &[u8]) -> Result<(), String> {
+    use crate::conn::tls_stage::{TlsStage, TlsTally};
+    use crate::conn::{Action, Conn, Params, ReadResult, Readiness, SendResult, Turn};
+
+    let mut input = super::Bytes::new(data);
+    let src = &mut input;
+    let client_mode = super::chance(src, 70);
+    let read_len = super::pick(src, &[1usize, 5, 100, 4096, 65536]);
+    let max_pending = super::pick(src, &[1usize, 100, 20_000, 262_144]);
+    let params = Params {
+        max_pending,
+        read_len,
+        budget: read_len * 4,
+        splice: false,
+    };
+    let tally = Arc::new(TlsTally::default());
+    let stage =
+        TlsStage::new(server_config(), max_pending, 50, tally).map_err(|e| e.to_string())?;
+    let mut conn = Conn::new(0);
+    conn.push_stage(Box::new(stage));
+    let mut peer = TlsPeer::new(super::chance(src, 50));
+    let mut corrupted = !client_mode;
+    let mut eof = false;
+    let mut window = 0usize;
+    let mut buf = vec![0u8; read_len];
+    let cap = max_pending + read_len + 24 * 1024;
+    let mut now = 0u32;
+    let mut closed = false;
+    for _ in 0..200 {
+        if src.exhausted() || closed {
+            break;
+        }
+        let mut r = Readiness::empty();
+        match super::below(src, 8) {
+            0 | 1 => {
+                if client_mode {
+                    let k = super::below(src, 3000) as usize;
+                    peer.deliver(k);
+                } else {
+                    let k = super::below(src, 64) as usize;
+                    let bytes: Vec<u8> = (0..k).map(|_| src.next() as u8).collect();
+                    peer.inject(&bytes);
+                }
+                r = Readiness::READABLE;
+            }
+            2 => {
+                let n = super::below(src, 20_000);
+                if !peer.sent_close_notify && !eof {
+                    peer.write_plain(0, n);
+                }
+            }
+            3 => {
+                window += super::below(src, 40_000) as usize;
+                r = Readiness::WRITABLE;
+            }
+            4 if client_mode && peer.queued() > 0 => {
+                let at = src.next() as usize;
+                peer.corrupt(at, src.next() as u8);
+                corrupted = true;
+            }
+            5 => {
+                if peer.is_handshaking() && !peer.sent_close_notify && !eof {
+                    peer.shut_while_handshaking = true;
+                }
+                match super::below(src, 3) {
+                    0 => peer.send_close_notify(),
+                    _ => eof = true,
+                }
+                r = Readiness::READABLE | Readiness::RDHUP;
+            }
+            6 => now = now.saturating_add(super::below(src, 30) as u32),
+            _ => {
+                // The server ends it (idle, shutdown): its goodbye must be a clean TLS end.
+                let bye = conn.goodbye().to_vec();
+                if !corrupted && !bye.is_empty() {
+                    peer.receive(0, &bye)?;
+                    if !peer.got_close_notify {
+                        return Err("the goodbye is no close_notify".into());
+                    }
+                }
+                closed = true;
+                continue;
+            }
+        }
+        conn.on_readiness(r);
+        let mut turn = Turn::new(&params, now);
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            if steps > 100_000 {
+                return Err("a turn that never ends".into());
+            }
+            match conn.poll(&mut turn) {
+                Action::Read => {
+                    let n = peer.queued().min(buf.len());
+                    let res = if n > 0 {
+                        peer.take(&mut buf[..n]);
+                        ReadResult::Data(&buf[..n])
+                    } else if eof {
+                        ReadResult::Eof
+                    } else {
+                        ReadResult::WouldBlock
+                    };
+                    conn.on_read(&mut turn, res);
+                }
+                Action::Send => {
+                    let out = conn.transmit().to_vec();
+                    let n = out.len().min(window);
+                    window -= n;
+                    if !corrupted {
+                        peer.receive(0, &out[..n])?;
+                    }
+                    let res = if n == 0 {
+                        SendResult::WouldBlock
+                    } else {
+                        SendResult::Sent(n)
+                    };
+                    conn.on_sent(&mut turn, res);
+                }
+                Action::Close(_) => {
+                    closed = true;
+                    break;
+                }
+                Action::Wait | Action::Yield => break,
+                other => return Err(format!("a TLS connection asked for {other:?}")),
+            }
+            if conn.pending_len() > cap {
+                return Err(format!(
+                    "{} byte(s) pending, above {max_pending} + one read + a record",
+                    conn.pending_len()
+                ));
+            }
+        }
+        if conn.deadline().is_some() && !peer.is_handshaking() && peer.got_close_notify {
+            return Err("a handshake deadline after the session ended".into());
+        }
+    }
+    // A client that was never corrupted, sent close_notify and could take everything: the
+    // whole echo came back, then the server's close_notify, then the close.
+    if !corrupted && peer.sent_close_notify && !peer.shut_while_handshaking && !closed {
+        let _ = peer.deliver(usize::MAX);
+        conn.on_readiness(Readiness::READABLE | Readiness::WRITABLE);
+        let mut turn = Turn::new(&params, now);
+        for _ in 0..100_000 {
+            match conn.poll(&mut turn) {
+                Action::Read => {
+                    let n = peer.queued().min(buf.len());
+                    let res = if n > 0 {
+                        peer.take(&mut buf[..n]);
+                        ReadResult::Data(&buf[..n])
+                    } else {
+                        ReadResult::WouldBlock
+                    };
+                    conn.on_read(&mut turn, res);
+                }
+                Action::Send => {
+                    let out = conn.transmit().to_vec();
+                    peer.receive(0, &out)?;
+                    conn.on_sent(&mut turn, SendResult::Sent(out.len()));
+                }
+                Action::Yield => turn = Turn::new(&params, now),
+                Action::Close(_) => {
+                    if !peer.is_handshaking()
+                        && (peer.plain_echoed != peer.plain_written || !peer.got_close_notify)
+                    {
+                        return Err(format!(
+                            "closed after close_notify with {} of {} byte(s) echoed, close_notify back {}",
+                            peer.plain_echoed, peer.plain_written, peer.got_close_notify
+                        ));
+                    }
+                    return Ok(());
+                }
+                Action::Wait => {
+                    // The client answers what it got (the rest of its handshake).
+                    if peer.deliver(usize::MAX) > 0 {
+                        conn.on_readiness(Readiness::READABLE);
+                        turn = Turn::new(&params, now);
+                        continue;
+                    }
+                    if peer.is_handshaking() {
+                        return Ok(()); // it closed mid-handshake: nothing to check
+                    }
+                    return Err("a client's close_notify left the connection open".into());
+                }
+                other => return Err(format!("a TLS connection asked for {other:?}")),
+            }
+        }
+        return Err("no close after close_notify".into());
+    }
+    Ok(())
 }
