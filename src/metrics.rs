@@ -93,6 +93,14 @@ pub const METRICS: &[Metric] = &[
     total(Counter, "epoll_echo_connections_idle_closed_total", "TCP connections closed by the idle timeout.", &[("", |s| s.idle_closed)]),
     total(Counter, "epoll_echo_bytes_received_total", "Bytes read from clients.", &[("", |s| s.bytes_in)]),
     total(Counter, "epoll_echo_bytes_sent_total", "Bytes echoed back to clients.", &[("", |s| s.bytes_out)]),
+    total(Counter, "epoll_echo_tls_handshakes_total", "TLS handshakes completed (--tls-port).", &[("", |s| s.tls.handshakes)]),
+    total(Counter, "epoll_echo_tls_failures_total", "TLS connections ended by a failure, by kind.", &[
+        ("reason=\"not_tls\"", |s| s.tls.not_tls),
+        ("reason=\"handshake\"", |s| s.tls.handshake_failed),
+        ("reason=\"bad_record\"", |s| s.tls.bad_record),
+        ("reason=\"truncated\"", |s| s.tls.truncated),
+        ("reason=\"handshake_timeout\"", |s| s.tls.handshake_timeout),
+    ]),
     per_worker(Gauge, "epoll_echo_worker_connections_active", "TCP connections open now, per worker (SO_REUSEPORT balance).", &[("", |s| s.active)]),
     per_worker(Counter, "epoll_echo_worker_connections_accepted_total", "TCP connections accepted, per worker.", &[("", |s| s.accepted)]),
 ];

@@ -254,6 +254,7 @@ impl World {
         let rcvbuf = pick(src, &[100usize, 1000, 4096, 65536, 1 << 20]);
         let mut peer = Peer::new(id, rcvbuf, self.now);
         peer.stalled_reader = chance(src, 10);
+        #[allow(unused_mut)]
         let mut conn = Conn::new(self.now);
         #[cfg(feature = "tls")]
         if let Some(timeout) = self.tls
@@ -642,14 +643,13 @@ impl World {
     /// As the worker does when it ends a connection: the stages' last words (a TLS
     /// close_notify), one send; the client must read it as a clean end.
     fn goodbye(&mut self, id: u32, conn: &mut Conn, why: CloseReason) -> Result<(), String> {
-        // As the worker does: the server's last words (a TLS close_notify), one send.
         if matches!(
             why,
             CloseReason::Idle | CloseReason::Quiet | CloseReason::ShutdownTimeout
         ) {
             let bye = conn.goodbye().to_vec();
-            #[cfg(feature = "tls")]
             let reset = self.peers[id as usize].reset;
+            #[cfg(feature = "tls")]
             if let Some(t) = self.peers[id as usize].tls.as_mut()
                 && !bye.is_empty()
                 && !reset
@@ -661,7 +661,7 @@ impl World {
                     ));
                 }
             }
-            let _ = bye;
+            let _ = (bye, reset);
         }
         Ok(())
     }

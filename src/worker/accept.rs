@@ -154,6 +154,7 @@ impl Worker {
             return;
         }
         // The stages, in order: (a PROXY header goes first) → TLS.
+        #[allow(unused_mut)]
         let mut conn = Conn::new(self.clock.tick);
         if l == Listen::Tls {
             #[cfg(feature = "tls")]
