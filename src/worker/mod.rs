@@ -12,6 +12,8 @@
 //!   queue, generic over the socket handle;
 //! - [`service`]: one connection's turn, the only place its actions become syscalls;
 //! - [`drain`]: the shutdown rules; [`idle`]: the idle timeout; [`throttle`]: warnings.
+//! - `tls` (`--tls-port`): the TLS listener's side — a second [`accept::Acceptor`] under its
+//!   own token, sharing the admission code; each connection it accepts gets a TLS stage.
 //!
 //! # The edge-triggered contract
 //!
