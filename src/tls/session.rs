@@ -21,7 +21,7 @@
 //! rustls's own state: an incoming-record buffer of up to 18 KiB (64 KiB while a large handshake
 //! message is being joined; [`TlsSession::buffered`] counts its used part) and a few KiB of keys
 //! and handshake state. The echo's plaintext
-//! passes through a 16 KiB stack buffer and is never stored.
+//! passes through a 16 KiB per-thread buffer and is never stored.
 //!
 //! **Closes.** The client's `close_notify`, or a bare EOF at a record boundary after the
 //! handshake, ends the input: every byte before it has been echoed, the session queues its own
@@ -41,6 +41,13 @@ use rustls::{ServerConfig, ServerConnection};
 const HANDSHAKE_RECORD: u8 = 22;
 /// Bytes of plaintext moved from the reader to the writer at a time (one maximal record).
 const ECHO_CHUNK: usize = 16 * 1024;
+thread_local! {
+    /// The echo's plaintext passes through here on its way from the reader to the writer: one
+    /// buffer per thread (per worker), so no 16 KiB is zeroed for every receive.
+    static PLAIN: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; ECHO_CHUNK].into_boxed_slice());
+}
+
 /// Above this capacity, a drained output buffer is freed instead of kept for reuse.
 const KEEP_CAPACITY: usize = 32 * 1024;
 
@@ -202,7 +209,6 @@ impl TlsSession {
                 return self.fail(TlsFailure::NotTls);
             }
         }
-        let mut plain = [0u8; ECHO_CHUNK];
         while !ciphertext.is_empty() {
             let chunk = ciphertext;
             let read = self.conn.read_tls(&mut ciphertext);
@@ -218,7 +224,7 @@ impl TlsSession {
                 Ok(s) => s,
                 Err(e) => return self.fail_with(e),
             };
-            self.echo(&mut plain);
+            PLAIN.with_borrow_mut(|plain| self.echo(plain));
             if io_state.peer_has_closed() {
                 self.close_input();
                 return Ok(());
