@@ -162,6 +162,25 @@ pub struct Cli {
     #[cfg(feature = "tls")]
     #[arg(long, default_value = "10s", value_name = "DUR", value_parser = parse_header_timeout, allow_hyphen_values = true)]
     pub tls_handshake_timeout: Duration,
+
+    /// Send TEXT to each new connection before echoing (after the header with
+    /// --proxy-protocol). {hostname} and {worker} expand; so do \n, \r, \t and \\.
+    /// At most 64K after expansion [default: off].
+    #[arg(long, env = "BANNER", value_name = "TEXT", value_parser = parse_banner, allow_hyphen_values = true)]
+    pub banner: Option<String>,
+}
+
+/// A banner template: its escapes must be known, and it must fit the limit even before the
+/// placeholders expand.
+fn parse_banner(s: &str) -> Result<String, String> {
+    let bytes = crate::server::banner_bytes(s, "", 0)?;
+    if bytes.len() > crate::server::BANNER_MAX {
+        return Err(format!(
+            "{} bytes is more than the limit of 64K",
+            bytes.len()
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// A header or handshake timeout: more than zero, at most an hour.
@@ -278,6 +297,7 @@ impl Cli {
             proxy_header_timeout: self.proxy_header_timeout,
             udp_port: self.udp_port,
             udp_rate: self.udp_rate,
+            banner: self.banner.clone(),
             metrics_addr: self.metrics_addr,
             #[cfg(feature = "tls")]
             tls: None,

@@ -94,6 +94,18 @@ fn shard_of(hasher: &RandomState, key: IpKey) -> usize {
     (hasher.hash_one(key) >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
+impl fmt::Debug for ConnLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnLimit(max {})", self.table.max)
+    }
+}
+
+impl fmt::Debug for AcceptRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AcceptRate")
+    }
+}
+
 /// `--max-conns-per-ip`: at most `max` open connections per [`IpKey`], across all workers.
 /// Cheap to clone (one `Arc`); every worker holds a clone.
 #[derive(Clone)]

@@ -113,7 +113,7 @@ fn run(cli: &Cli, config: Config) -> std::io::Result<()> {
     if log::enabled(Level::Info) {
         let _ = writeln!(
             std::io::stderr(),
-            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}{}",
+            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}{}{}",
             t.accepted,
             t.refused,
             t.idle_closed,
@@ -121,6 +121,7 @@ fn run(cli: &Cli, config: Config) -> std::io::Result<()> {
             t.bytes_out,
             summary.duration.as_secs_f64(),
             udp_summary(cli, &t.udp), // UDP hook (#12)
+            t.per_ip,                 // per-client refusals (#13)
             if tls_on {
                 t.tls.to_string() // TLS (#11)
             } else {

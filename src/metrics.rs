@@ -86,9 +86,13 @@ pub const METRICS: &[Metric] = &[
     total(Counter, "epoll_echo_connections_accepted_total", "TCP connections accepted, including those refused at once.", &[("", |s| s.accepted)]),
     total(Gauge, "epoll_echo_connections_active", "TCP connections open now.", &[("", |s| s.active)]),
     total(Counter, "epoll_echo_connections_closed_total", "TCP connections closed after being served.", &[("", |s| s.closed)]),
-    total(Counter, "epoll_echo_connections_rejected_total", "TCP connections accepted and closed at once, by reason.", &[
+    total(Counter, "epoll_echo_connections_rejected_total", "TCP connections refused, by reason: at accept, or at PROXY header time.", &[
         ("reason=\"max_connections\"", |s| s.refused.saturating_sub(s.refused_no_fds)),
         ("reason=\"out_of_fds\"", |s| s.refused_no_fds),
+        ("reason=\"max_conns_per_ip\"", |s| s.per_ip.refused_per_ip),
+        ("reason=\"accept_rate_per_ip\"", |s| s.per_ip.refused_rate),
+        ("reason=\"proxy_header\"", |s| s.per_ip.proxy_rejected),
+        ("reason=\"proxy_header_timeout\"", |s| s.per_ip.proxy_timeout),
     ]),
     total(Counter, "epoll_echo_connections_idle_closed_total", "TCP connections closed by the idle timeout.", &[("", |s| s.idle_closed)]),
     total(Counter, "epoll_echo_bytes_received_total", "Bytes read from clients.", &[("", |s| s.bytes_in)]),
@@ -103,6 +107,14 @@ pub const METRICS: &[Metric] = &[
     ]),
     per_worker(Gauge, "epoll_echo_worker_connections_active", "TCP connections open now, per worker (SO_REUSEPORT balance).", &[("", |s| s.active)]),
     per_worker(Counter, "epoll_echo_worker_connections_accepted_total", "TCP connections accepted, per worker.", &[("", |s| s.accepted)]),
+    total(Counter, "epoll_echo_udp_datagrams_received_total", "UDP datagrams received (--udp-port).", &[("", |s| s.udp.received)]),
+    total(Counter, "epoll_echo_udp_datagrams_sent_total", "UDP datagrams echoed back.", &[("", |s| s.udp.echoed)]),
+    total(Counter, "epoll_echo_udp_datagrams_dropped_total", "UDP datagrams not answered, by reason.", &[
+        ("reason=\"source_port\"", |s| s.udp.drop_port),
+        ("reason=\"rate\"", |s| s.udp.drop_rate),
+        ("reason=\"send_buffer_full\"", |s| s.udp.drop_full),
+        ("reason=\"error\"", |s| s.udp.errors),
+    ]),
 ];
 
 /// Renders every metric in the text exposition format 0.0.4.

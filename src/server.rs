@@ -7,15 +7,18 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::limits::{AcceptRate, ConnLimit};
 use crate::log::Level;
 use crate::shared::{ReloadHook, Shared};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::udp::UdpConfig;
+use crate::worker::per_ip::PerIpConfig;
 use crate::worker::{TLS_FDS_PER_WORKER, Worker, WorkerConfig, fds_per_worker};
 use crate::{listeners, log, metrics, sys};
 
@@ -60,6 +63,8 @@ pub struct Config {
     pub udp_rate: u32,
     /// Serve Prometheus metrics here (`--metrics-addr`); `None`: off.
     pub metrics_addr: Option<SocketAddr>,
+    /// `--banner`: the template sent to each new connection; `None`: no banner.
+    pub banner: Option<String>,
     /// The TLS listener (`--tls-port`), its certificate and handshake timeout.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsSettings>,
@@ -87,6 +92,7 @@ impl Default for Config {
             udp_port: None,
             udp_rate: 0,
             metrics_addr: None,
+            banner: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -280,7 +286,35 @@ impl Server {
         #[cfg(not(feature = "tls"))]
         let mut tls_addr: Option<SocketAddr> = None;
         let mut workers = Vec::with_capacity(config.workers);
+        // The per-IP tables are global: one client's connections land on every worker.
+        let per_ip = PerIpConfig {
+            conns: NonZeroU32::new(config.max_conns_per_ip)
+                .map(|n| ConnLimit::new(n, config.ipv6_prefix)),
+            rate: NonZeroU32::new(config.accept_rate_per_ip).map(|n| {
+                AcceptRate::new(n, crate::limits::DEFAULT_RATE_CAPACITY, config.ipv6_prefix)
+            }),
+            proxy: config.proxy_protocol.then_some(config.proxy_header_timeout),
+        };
+        // The host name is read once; each worker's banner is expanded once, not per client.
+        let hostname = config
+            .banner
+            .as_ref()
+            .map(|_| hostname())
+            .unwrap_or_default();
         for (id, wake) in wake_readers.into_iter().enumerate() {
+            let banner = match &config.banner {
+                Some(t) => Some(Arc::<[u8]>::from(banner_bytes(t, &hostname, id).map_err(
+                    |e| io::Error::new(io::ErrorKind::InvalidInput, format!("--banner: {e}")),
+                )?))
+                .filter(|b| !b.is_empty()),
+                None => None,
+            };
+            if banner.as_ref().is_some_and(|b| b.len() > BANNER_MAX) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "--banner: more than 64K once expanded",
+                ));
+            }
             let cfg = WorkerConfig {
                 id,
                 addr,
@@ -296,6 +330,8 @@ impl Server {
                     rate: config.udp_rate,
                     workers: config.workers,
                 }),
+                per_ip: per_ip.clone(),
+                banner,
                 #[cfg(feature = "tls")]
                 tls: config.tls.as_ref().zip(tls_addr).map(|(t, addr)| {
                     crate::worker::tls::TlsWorkerConfig {
@@ -401,6 +437,48 @@ impl Server {
     }
 }
 
+/// The largest banner, expanded (`--banner`).
+pub const BANNER_MAX: usize = 64 * 1024;
+
+/// The banner `template` for worker `worker` on host `hostname`: `{hostname}` and `{worker}`
+/// expand, and the escapes `\n`, `\r`, `\t`, `\\` (so a shell or an environment variable
+/// can carry a line end). Any other backslash escape is an error naming it.
+pub fn banner_bytes(template: &str, hostname: &str, worker: usize) -> Result<Vec<u8>, String> {
+    let mut text = String::with_capacity(template.len());
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            text.push(c);
+            continue;
+        }
+        text.push(match chars.next() {
+            Some('n') => '\n',
+            Some('r') => '\r',
+            Some('t') => '\t',
+            Some('\\') => '\\',
+            Some(o) => {
+                return Err(format!(
+                    "unknown escape '\\{o}' (use \\n, \\r, \\t or \\\\)"
+                ));
+            }
+            None => return Err("ends in a lone '\\' (use \\\\ for a backslash)".into()),
+        });
+    }
+    Ok(text
+        .replace("{hostname}", hostname)
+        .replace("{worker}", &worker.to_string())
+        .into_bytes())
+}
+
+/// This machine's name for `{hostname}`: /proc/sys/kernel/hostname (as `hostname` prints it,
+/// also inside a container's UTS namespace), else gethostname(2).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim_end().to_string())
+        .or_else(|_| sys::hostname())
+        .unwrap_or_default()
+}
+
 fn stats_loop(shared: &Shared, every: Duration, stop: &mpsc::Receiver<()>) {
     let mut prev = Snapshot::default();
     let mut last = Instant::now();
@@ -488,5 +566,30 @@ impl Drop for Running {
         }
         self.shared.request_stop();
         let _ = self.join_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_expands_placeholders_and_escapes() {
+        assert_eq!(
+            banner_bytes("hi from {hostname} worker {worker}\\n", "box", 3).unwrap(),
+            b"hi from box worker 3\n"
+        );
+        assert_eq!(
+            banner_bytes("a\\tb\\r\\n\\\\", "", 0).unwrap(),
+            b"a\tb\r\n\\"
+        );
+        assert_eq!(banner_bytes("{worker}{worker}", "", 12).unwrap(), b"1212");
+        assert!(
+            banner_bytes("bad \\x", "", 0)
+                .unwrap_err()
+                .contains("'\\x'")
+        );
+        assert!(banner_bytes("trailing \\", "", 0).is_err());
+        assert!(!hostname().is_empty());
     }
 }

@@ -15,6 +15,7 @@ pub struct Counters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub udp: UdpCounters,
+    pub per_ip: PerIpCounters,
     pub tls: TlsCounters,
 }
 
@@ -60,7 +61,7 @@ impl std::ops::Add for TlsCounters {
 }
 
 impl std::fmt::Display for TlsCounters {
-    /// ` tls_handshakes=… tls_failures=…(not_tls=… handshake=… bad_record=… truncated=… timeout=…)`
+    /// ` tls_handshakes=… tls_failures=… (not_tls=… handshake=… bad_record=… truncated=… timeout=…)`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -72,6 +73,43 @@ impl std::fmt::Display for TlsCounters {
             self.bad_record,
             self.truncated,
             self.handshake_timeout
+        )
+    }
+}
+
+/// Clients turned away by the per-client rules (#13), one count per reason. `refused` (above)
+/// stays the `--max-connections` count.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerIpCounters {
+    /// Reset: the client already had `--max-conns-per-ip` connections.
+    pub refused_per_ip: u64,
+    /// Reset: the client was over `--accept-rate-per-ip`.
+    pub refused_rate: u64,
+    /// Closed unechoed: a missing, malformed, truncated or oversized PROXY header.
+    pub proxy_rejected: u64,
+    /// Closed unechoed: no whole PROXY header within `--proxy-header-timeout`.
+    pub proxy_timeout: u64,
+}
+
+impl std::ops::Add for PerIpCounters {
+    type Output = PerIpCounters;
+    fn add(self, o: PerIpCounters) -> PerIpCounters {
+        PerIpCounters {
+            refused_per_ip: self.refused_per_ip + o.refused_per_ip,
+            refused_rate: self.refused_rate + o.refused_rate,
+            proxy_rejected: self.proxy_rejected + o.proxy_rejected,
+            proxy_timeout: self.proxy_timeout + o.proxy_timeout,
+        }
+    }
+}
+
+impl std::fmt::Display for PerIpCounters {
+    /// ` refused_per_ip=… refused_rate=… proxy_rejected=… proxy_timeout=…` (leading space).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            " refused_per_ip={} refused_rate={} proxy_rejected={} proxy_timeout={}",
+            self.refused_per_ip, self.refused_rate, self.proxy_rejected, self.proxy_timeout
         )
     }
 }
@@ -126,6 +164,10 @@ pub struct WorkerStats {
     udp_drop_rate: AtomicU64,
     udp_drop_full: AtomicU64,
     udp_errors: AtomicU64,
+    refused_per_ip: AtomicU64,
+    refused_rate: AtomicU64,
+    proxy_rejected: AtomicU64,
+    proxy_timeout: AtomicU64,
     tls: [AtomicU64; 6],
 }
 
@@ -142,6 +184,7 @@ pub struct Snapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub udp: UdpCounters,
+    pub per_ip: PerIpCounters,
     pub tls: TlsCounters,
 }
 
@@ -161,6 +204,10 @@ impl WorkerStats {
         self.udp_drop_rate.store(c.udp.drop_rate, Relaxed);
         self.udp_drop_full.store(c.udp.drop_full, Relaxed);
         self.udp_errors.store(c.udp.errors, Relaxed);
+        self.refused_per_ip.store(c.per_ip.refused_per_ip, Relaxed);
+        self.refused_rate.store(c.per_ip.refused_rate, Relaxed);
+        self.proxy_rejected.store(c.per_ip.proxy_rejected, Relaxed);
+        self.proxy_timeout.store(c.per_ip.proxy_timeout, Relaxed);
         let t = &c.tls;
         for (a, v) in self.tls.iter().zip([
             t.handshakes,
@@ -191,6 +238,12 @@ impl WorkerStats {
                 drop_rate: self.udp_drop_rate.load(Relaxed),
                 drop_full: self.udp_drop_full.load(Relaxed),
                 errors: self.udp_errors.load(Relaxed),
+            },
+            per_ip: PerIpCounters {
+                refused_per_ip: self.refused_per_ip.load(Relaxed),
+                refused_rate: self.refused_rate.load(Relaxed),
+                proxy_rejected: self.proxy_rejected.load(Relaxed),
+                proxy_timeout: self.proxy_timeout.load(Relaxed),
             },
             tls: {
                 let [
@@ -227,6 +280,7 @@ impl std::ops::Add for Snapshot {
             bytes_in: self.bytes_in + o.bytes_in,
             bytes_out: self.bytes_out + o.bytes_out,
             udp: self.udp + o.udp,
+            per_ip: self.per_ip + o.per_ip,
             tls: self.tls + o.tls,
         }
     }
@@ -258,7 +312,7 @@ pub fn line(now: &[Snapshot], prev: &Snapshot, secs: f64) -> String {
     let t = now.iter().fold(Snapshot::default(), |a, b| a + *b);
     let workers: Vec<String> = now.iter().map(|s| s.active.to_string()).collect();
     format!(
-        "stats: active={} accepted={} closed={} refused={} idle_closed={} bytes_in={} bytes_out={} workers=[{}] accept_rate={:.0}/s in_rate={} out_rate={}",
+        "stats: active={} accepted={} closed={} refused={} idle_closed={} bytes_in={} bytes_out={} workers=[{}] accept_rate={:.0}/s in_rate={} out_rate={}{}",
         t.active,
         t.accepted,
         t.closed,
@@ -270,6 +324,7 @@ pub fn line(now: &[Snapshot], prev: &Snapshot, secs: f64) -> String {
         (t.accepted - prev.accepted) as f64 / secs.max(1e-9),
         rate(t.bytes_in - prev.bytes_in, secs),
         rate(t.bytes_out - prev.bytes_out, secs),
+        t.per_ip,
     )
 }
 
@@ -296,5 +351,9 @@ mod tests {
         assert!(l.contains("workers=[4,3]"), "{l}");
         assert!(l.contains("accept_rate=8/s"), "{l}");
         assert!(l.contains("in_rate=1.5MB/s"), "{l}");
+        assert!(
+            l.ends_with(" refused_per_ip=0 refused_rate=0 proxy_rejected=0 proxy_timeout=0"),
+            "{l}"
+        );
     }
 }

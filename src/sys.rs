@@ -297,6 +297,86 @@ pub fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
+/// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` that also returns the peer's address (the kernel
+/// fills it in the same call: no `getpeername` per client). `None` for a non-IP peer.
+pub fn accept_with_peer(
+    listener: BorrowedFd<'_>,
+) -> io::Result<(OwnedFd, Option<std::net::SocketAddr>)> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid (AF_UNSPEC) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let fd = retry(|| {
+        len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        syscall!(accept4(
+            listener.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+        ))
+    })?;
+    Ok((owned(fd), socket_addr(&storage, len)))
+}
+
+/// An IPv4 or IPv6 address the kernel wrote into `storage` (`len` bytes).
+fn socket_addr(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    let len = len as usize;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and `len` covers it;
+            // sockaddr_storage is aligned for every sockaddr type.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Closes a client with a reset (RST) instead of a FIN: `SO_LINGER` {on, 0 s}, then close(2).
+/// For refused clients: they learn at once, and no TIME_WAIT is left on the server.
+pub fn reset(fd: OwnedFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // A failure leaves an ordinary close (FIN): still a refusal, only a politer one.
+    let _ = syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        (&linger as *const libc::linger).cast(),
+        std::mem::size_of::<libc::linger>() as libc::socklen_t
+    ));
+    drop(fd);
+}
+
+/// This machine's host name (`gethostname(2)`), for the banner's `{hostname}`.
+pub fn hostname() -> io::Result<String> {
+    let mut buf = [0u8; 256];
+    syscall!(gethostname(buf.as_mut_ptr().cast(), buf.len()))?;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
 /// A duplicate of `fd` *without* close-on-exec, numbered 3 or above: for a child process to
 /// inherit (graceful restart). Close it in the parent once the child has been spawned.
 pub fn dup_inheritable(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {

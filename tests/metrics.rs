@@ -253,3 +253,95 @@ fn metrics_addr_in_use_exits_1() {
         "{err}"
     );
 }
+
+#[test]
+fn udp_datagrams_are_counted_with_drops_by_reason() {
+    // A free UDP port for the server (bound, then released).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = port.to_string();
+    let (_srv, maddr) = start(&["--maxListeners", "1", "--udp-port", &p]);
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for i in 0..3u8 {
+        client.send_to(&[i; 100], target).unwrap();
+        let mut buf = [0u8; 200];
+        let (n, _) = client.recv_from(&mut buf).expect("an echo");
+        assert_eq!(&buf[..n], &[i; 100]);
+    }
+    // From the chargen port: never answered, counted as a source-port drop.
+    let chargen = std::net::UdpSocket::bind("127.0.0.1:19");
+    let dropped = if let Ok(c) = chargen {
+        c.send_to(b"loop?", target).unwrap();
+        1.0
+    } else {
+        0.0 // not root: port 19 cannot be bound here
+    };
+    let mut m = HashMap::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            m = scrape(maddr);
+            m.get("epoll_echo_udp_datagrams_received_total{}") == Some(&(3.0 + dropped))
+        }),
+        "{m:?}"
+    );
+    assert_eq!(get(&m, "epoll_echo_udp_datagrams_sent_total{}"), 3.0);
+    assert_eq!(
+        get(
+            &m,
+            "epoll_echo_udp_datagrams_dropped_total{reason=\"source_port\"}"
+        ),
+        dropped
+    );
+    assert_eq!(
+        get(
+            &m,
+            "epoll_echo_udp_datagrams_dropped_total{reason=\"rate\"}"
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn per_ip_and_proxy_refusals_have_their_reasons() {
+    let (srv, maddr) = start(&[
+        "--maxListeners",
+        "1",
+        "--max-conns-per-ip",
+        "1",
+        "--proxy-protocol",
+    ]);
+    let header = b"PROXY TCP4 198.18.0.1 127.0.0.1 4000 80\r\n";
+    let mut held = connect(srv.addr);
+    held.write_all(header).unwrap();
+    held.write_all(b"a").unwrap();
+    read_n(&mut held, 1);
+    let mut over = connect(srv.addr);
+    let _ = over.write_all(header);
+    assert!(sees_close(&mut over, Duration::from_secs(10)));
+    let mut bad = connect(srv.addr);
+    bad.write_all(b"not a header\r\n").unwrap();
+    assert!(sees_close(&mut bad, Duration::from_secs(10)));
+    let mut m = HashMap::new();
+    let want = |m: &HashMap<String, f64>, reason: &str| {
+        m.get(&format!(
+            "epoll_echo_connections_rejected_total{{reason=\"{reason}\"}}"
+        ))
+        .copied()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            m = scrape(maddr);
+            want(&m, "max_conns_per_ip") == Some(1.0) && want(&m, "proxy_header") == Some(1.0)
+        }),
+        "{m:?}"
+    );
+    assert_eq!(want(&m, "accept_rate_per_ip"), Some(0.0));
+    assert_eq!(want(&m, "proxy_header_timeout"), Some(0.0));
+}

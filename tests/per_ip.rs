@@ -1,9 +1,8 @@
 //! Per-IP limits and the PROXY protocol against the real binary, clients from several loopback
 //! source addresses (127.0.0.2, 127.0.0.3, …).
 //!
-//! Written before the wiring (issue 13): each test is `#[ignore]`d until the accept path and
-//! the connection's PROXY stage use `limits` and `proxy`; `cargo test --test per_ip --
-//! --ignored` runs them (today they fail: the flags parse but nothing enforces them).
+//! The accept path applies the limits to the socket's peer; with `--proxy-protocol` the
+//! connection's PROXY stage names the client and the limits apply to it at header time.
 
 mod common;
 
@@ -14,14 +13,35 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    try_connect_from(source, to).unwrap()
+}
+
+/// A connection the server may refuse: its reset can arrive before `connect` returns, which
+/// then fails with ECONNRESET.
+fn try_connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let source: IpAddr = source.parse().unwrap();
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.bind(&SocketAddr::new(source, 0).into()).unwrap();
-    s.connect_timeout(&to.into(), Duration::from_secs(5))
-        .unwrap();
+    s.connect_timeout(&to.into(), Duration::from_secs(5))?;
     let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// Connects and echoes one byte; false if refused at any point (connect, send or read).
+fn try_served(source: &str, to: SocketAddr, tag: u8) -> bool {
+    try_connect_from(source, to).is_ok_and(|mut s| served(&mut s, tag))
+}
+
+/// A refused connection: reset at connect, or closed with nothing echoed.
+fn refused(source: &str, to: SocketAddr) -> bool {
+    match try_connect_from(source, to) {
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(mut s) => {
+            let _ = s.write_all(b"x");
+            closed_unechoed(&mut s, Duration::from_secs(5))
+        }
+    }
 }
 
 /// The connection is closed (EOF or reset) within `timeout` without a single byte echoed.
@@ -60,7 +80,6 @@ fn full_cycle(source: &str, to: SocketAddr, tag: u8) -> bool {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn max_conns_per_ip_counts_each_source_across_workers() {
     let srv = ServerProc::start(&["--maxListeners", "4", "--max-conns-per-ip", "2"]);
     let mut a: Vec<TcpStream> = (0..2)
@@ -71,10 +90,8 @@ fn max_conns_per_ip_counts_each_source_across_workers() {
     }
     // Twenty more tries land on all four workers (SO_REUSEPORT): every one is refused.
     for i in 0..20 {
-        let mut extra = connect_from("127.0.0.2", srv.addr);
-        extra.write_all(b"x").unwrap();
         assert!(
-            closed_unechoed(&mut extra, Duration::from_secs(5)),
+            refused("127.0.0.2", srv.addr),
             "try {i}: a third connection from 127.0.0.2 is refused"
         );
     }
@@ -89,16 +106,16 @@ fn max_conns_per_ip_counts_each_source_across_workers() {
     }
     drop(a.pop());
     assert!(
-        wait_until(Duration::from_secs(5), || {
-            let mut c = connect_from("127.0.0.2", srv.addr);
-            served(&mut c, 30)
-        }),
+        wait_until(Duration::from_secs(5), || try_served(
+            "127.0.0.2",
+            srv.addr,
+            30
+        )),
         "a freed place is given to the next client"
     );
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn slots_come_back_on_every_close_path() {
     let srv = ServerProc::start(&[
         "--maxListeners",
@@ -116,10 +133,21 @@ fn slots_come_back_on_every_close_path() {
         );
     }
     eprintln!("2000 cycles in {:?}", t.elapsed());
+    // Two at once are served; then both end gracefully (the server has closed them, and
+    // given their places back, when the EOF arrives).
     let both_free = || {
-        let mut a = connect_from("127.0.0.2", srv.addr);
-        let mut b = connect_from("127.0.0.2", srv.addr);
-        served(&mut a, 1) && served(&mut b, 2)
+        let (Ok(mut a), Ok(mut b)) = (
+            try_connect_from("127.0.0.2", srv.addr),
+            try_connect_from("127.0.0.2", srv.addr),
+        ) else {
+            return false;
+        };
+        let ok = served(&mut a, 1) && served(&mut b, 2);
+        for s in [&mut a, &mut b] {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+        ok
     };
     // Reset by the client.
     for _ in 0..2 {
@@ -150,15 +178,13 @@ fn slots_come_back_on_every_close_path() {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn accept_rate_per_ip_admits_the_burst_then_the_rate() {
     let srv = ServerProc::start(&["--maxListeners", "2", "--accept-rate-per-ip", "5"]);
     let t = Instant::now();
     let mut admitted = 0;
     let mut refused = 0;
     for i in 0..20 {
-        let mut c = connect_from("127.0.0.2", srv.addr);
-        if served(&mut c, i) {
+        if try_served("127.0.0.2", srv.addr, i) {
             admitted += 1;
         } else {
             refused += 1;
@@ -190,7 +216,6 @@ fn v2_inet4(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn proxy_headers_whole_split_and_with_payload_are_consumed_not_echoed() {
     let srv = ServerProc::start(&["--maxListeners", "2", "--proxy-protocol"]);
     let v1 = b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\n".to_vec();
@@ -219,7 +244,6 @@ fn proxy_headers_whole_split_and_with_payload_are_consumed_not_echoed() {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn bad_missing_or_oversized_headers_close_with_nothing_echoed() {
     let srv = ServerProc::start(&["--maxListeners", "2", "--proxy-protocol"]);
     let mut oversized = epoll_echo::proxy::V2_SIGNATURE.to_vec();
@@ -251,7 +275,6 @@ fn bad_missing_or_oversized_headers_close_with_nothing_echoed() {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn header_timeout_closes_hundreds_of_silent_connections() {
     let srv = ServerProc::start(&[
         "--maxListeners",
@@ -281,7 +304,6 @@ fn header_timeout_closes_hundreds_of_silent_connections() {
 }
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn limits_apply_to_the_address_in_the_proxy_header() {
     let srv = ServerProc::start(&[
         "--maxListeners",
@@ -300,7 +322,7 @@ fn limits_apply_to_the_address_in_the_proxy_header() {
     assert!(served(&mut b, 2), "another client behind the same balancer");
     let mut again = connect(srv.addr);
     again.write_all(header("198.18.0.1").as_bytes()).unwrap();
-    again.write_all(b"x").unwrap();
+    let _ = again.write_all(b"x"); // the reset may already be there
     assert!(
         closed_unechoed(&mut again, Duration::from_secs(5)),
         "a second connection of 198.18.0.1 is refused after its header"
@@ -357,9 +379,10 @@ port = int(sys.argv[1])
 held = []
 def served(src):
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.bind((src, 0)); s.settimeout(5); s.connect(("2001:db8:1:1::1", port))
+    s.bind((src, 0)); s.settimeout(5)
     held.append(s)
-    try:
+    try:  # a refused client's reset may arrive before connect returns
+        s.connect(("2001:db8:1:1::1", port))
         s.sendall(b"x"); return s.recv(1) == b"x"
     except OSError:
         return False
@@ -368,7 +391,6 @@ for src in sys.argv[2:]:
 "#;
 
 #[test]
-#[ignore = "needs the per-IP/PROXY wiring (issue 13)"]
 fn ipv6_clients_are_grouped_by_64_in_a_namespace() {
     let ns = Netns::new(&[
         "2001:db8:1:1::1/64",
@@ -401,4 +423,112 @@ fn ipv6_clients_are_grouped_by_64_in_a_namespace() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(srv);
+}
+
+#[test]
+fn refusals_are_counted_per_reason_and_logged_at_most_once_a_second() {
+    let mut srv = ServerProc::start(&[
+        "--maxListeners",
+        "2",
+        "--max-conns-per-ip",
+        "1",
+        "--accept-rate-per-ip",
+        "1000",
+    ]);
+    let mut held = connect_from("127.0.0.2", srv.addr);
+    assert!(served(&mut held, 1));
+    let t = Instant::now();
+    for i in 0..200 {
+        assert!(refused("127.0.0.2", srv.addr), "try {i}");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert!(served(&mut held, 2), "the admitted one is unaffected");
+    drop(held);
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+    let log = srv.stderr();
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("shutdown:"))
+        .unwrap_or_else(|| panic!("no shutdown line: {log}"));
+    assert!(
+        summary.contains(" refused=0 ")
+            && summary.contains(" refused_per_ip=200 ")
+            && summary.contains(" refused_rate=0 "),
+        "{summary}"
+    );
+    // Every refusal is counted, but each worker logs about one line a second (plus the first).
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("over --max-conns-per-ip"))
+        .collect();
+    let counted: u64 = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("reset ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        !lines.is_empty() && lines.len() as f64 <= 2.0 * (secs + 2.0),
+        "{} lines in {secs:.1}s: {lines:?}",
+        lines.len()
+    );
+    assert!(lines[0].contains("127.0.0.2"), "{lines:?}");
+    assert!((1..=200).contains(&counted), "{lines:?}");
+}
+
+#[test]
+fn proxy_rejections_and_timeouts_are_counted_and_the_debug_log_names_the_header_client() {
+    let mut srv = ServerProc::start(&[
+        "--maxListeners",
+        "2",
+        "--proxy-protocol",
+        "--proxy-header-timeout",
+        "300ms",
+        "-v",
+    ]);
+    for bad in [
+        &b"garbage\r\n"[..],
+        b"PROXY TCP9 x\r\n",
+        b"PROXY TCP4 1.2.3",
+    ] {
+        let mut c = connect(srv.addr);
+        c.write_all(bad).unwrap();
+        if bad.ends_with(b"3") {
+            c.shutdown(std::net::Shutdown::Write).unwrap(); // EOF inside the header
+        }
+        assert!(closed_unechoed(&mut c, Duration::from_secs(5)));
+    }
+    let mut silent: Vec<TcpStream> = (0..2).map(|_| connect(srv.addr)).collect();
+    for c in &mut silent {
+        assert!(closed_unechoed(c, Duration::from_secs(5)));
+    }
+    let mut ok = connect(srv.addr);
+    ok.write_all(b"PROXY TCP4 198.18.7.7 127.0.0.1 4242 80\r\nok")
+        .unwrap();
+    assert_eq!(read_n(&mut ok, 2), b"ok");
+    drop(ok);
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+    let log = srv.stderr();
+    let summary = log.lines().find(|l| l.starts_with("shutdown:")).unwrap();
+    assert!(
+        summary.contains(" proxy_rejected=3 ") && summary.ends_with(" proxy_timeout=2"),
+        "{summary}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("via PROXY header: client 198.18.7.7:4242")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("close ") && l.contains("(PROXY client 198.18.7.7:4242)")),
+        "{log}"
+    );
 }

@@ -43,6 +43,11 @@ fn sim_thousands_of_seeds() {
         assert!(total.tls_clients > 100, "{total:?}");
         assert!(total.tls_clean > 0 && total.tls_timeouts > 0, "{total:?}");
     }
+    // The PROXY stage: headers consumed and the rest echoed, rejections, header timeouts.
+    assert!(
+        total.proxied_finished > 0 && total.rejected > 0 && total.header_timeouts > 0,
+        "{total:?}"
+    );
 }
 
 /// The `tls_stage` fuzz target's checks on seeded random inputs (the fuzzer explores more:

@@ -54,6 +54,7 @@
 //! A plain connection pays one null pointer for all of this: `Option<Box<Layers>>`.
 
 mod pending;
+pub mod proxy_stage;
 mod stage;
 #[cfg(feature = "tls")]
 pub mod tls_stage;
@@ -64,8 +65,9 @@ use std::ops::Range;
 use std::time::Duration;
 
 pub use pending::{MAX as PENDING_MAX, Pending};
+pub use proxy_stage::ProxyStage;
 use stage::Layers;
-pub use stage::{Deadline, Flow, Stage};
+pub use stage::{Client, Flow, Stage};
 
 /// Coarse time: 100 ms units since the worker started (u32: 13 years before it wraps).
 pub type Tick = u32;
@@ -197,6 +199,9 @@ pub enum Action {
     Yield,
     /// Nothing to do until the next readiness edge.
     Wait,
+    /// A stage identified the client (a PROXY header): apply the per-client rules to it and
+    /// report with `on_admit` (`Err(reason)`: refused, closed with nothing echoed).
+    Admit(Client),
     /// Close the connection.
     Close(CloseReason),
 }
@@ -216,8 +221,9 @@ pub enum CloseReason {
     Quiet,
     /// Shutting down, and `--shutdown-timeout` passed.
     ShutdownTimeout,
-    /// A stage's deadline passed before it was done (see [`Deadline`]).
-    Timeout(&'static str),
+    /// A stage did not finish by its deadline (`--proxy-header-timeout`,
+    /// `--tls-handshake-timeout`); the stage's reason ([`Stage::deadline_reason`]).
+    StageTimeout(&'static str),
 }
 
 impl fmt::Display for CloseReason {
@@ -229,7 +235,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Idle => f.write_str("idle timeout"),
             CloseReason::Quiet => f.write_str("quiet at shutdown"),
             CloseReason::ShutdownTimeout => f.write_str("shutdown timeout"),
-            CloseReason::Timeout(what) => f.write_str(what),
+            CloseReason::StageTimeout(why) => f.write_str(why),
         }
     }
 }
@@ -316,9 +322,26 @@ impl Conn {
         self.layers.get_or_insert_with(Default::default).push(stage);
     }
 
-    /// The earliest deadline of this connection's stages (see [`Deadline`]).
-    pub fn deadline(&self) -> Option<Deadline> {
+    /// Reports the result of [`Action::Admit`]: `Err(reason)` closes the connection with
+    /// nothing more sent.
+    pub fn on_admit(&mut self, r: Result<(), &'static str>) {
+        if let Some(layers) = self.layers.as_mut() {
+            layers.admitted(r);
+            if layers.is_empty() {
+                self.layers = None;
+            }
+        }
+    }
+
+    /// The tick by which the stages in front must have finished (a PROXY header, a TLS
+    /// handshake), if any.
+    pub fn deadline(&self) -> Option<Tick> {
         self.layers.as_ref().and_then(|l| l.deadline())
+    }
+
+    /// The reason of the stage whose deadline has passed at `now`, if one has.
+    pub fn timed_out(&self, now: Tick) -> Option<&'static str> {
+        self.layers.as_ref().and_then(|l| l.timed_out(now))
     }
 
     /// The server is closing this connection (idle timeout, shutdown drain): the bytes its
@@ -419,6 +442,9 @@ impl Conn {
         }
         if let Some(why) = self.layers.as_ref().and_then(|l| l.rejected()) {
             return Action::Close(CloseReason::Rejected(why));
+        }
+        if let Some(client) = self.layers.as_ref().and_then(|l| l.admit()) {
+            return Action::Admit(client);
         }
         if let Some(r) = &turn.input {
             return Action::SendInput(r.clone());

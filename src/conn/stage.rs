@@ -12,16 +12,19 @@
 //! same `--max-pending` backpressure (reading stops while pending output is above the cap).
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use super::Tick;
 use super::pending::Pending;
 
-/// A stage's deadline: unless the stage is done with its part by tick `at` (a TLS handshake, a
-/// PROXY header), the worker closes the connection with [`super::CloseReason::Timeout`]`(what)`.
+/// Who the client is, as a finished stage learned it (a PROXY header), for the worker's
+/// per-client rules and logs: see [`Stage::client`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline {
-    pub at: Tick,
-    pub what: &'static str,
+pub enum Client {
+    /// The stage names no client (PROXY `LOCAL`, `UNKNOWN`): it is the socket's peer.
+    SocketPeer,
+    /// The client's address (the PROXY header's source).
+    Addr(SocketAddr),
 }
 
 /// What a stage did with the input it was given.
@@ -51,10 +54,23 @@ pub trait Stage: Send + fmt::Debug {
         Flow::Hold
     }
 
-    /// The tick by which this stage must be done, while it is not (`None`: no deadline, or
-    /// done). Fixed when the stage is made; the worker keeps the timer.
-    fn deadline(&self) -> Option<Deadline> {
+    /// Asked once, right after this stage answered `Pass`: the client it identified, if it
+    /// identifies one. The connection then asks the worker to admit that client
+    /// ([`super::Action::Admit`]) before anything after the prefix is echoed.
+    fn client(&self) -> Option<Client> {
         None
+    }
+
+    /// The tick by which this stage must have finished (e.g. `--proxy-header-timeout`); the
+    /// worker closes the connection then ([`super::CloseReason::StageTimeout`]).
+    fn deadline(&self) -> Option<Tick> {
+        None
+    }
+
+    /// Why the connection is closed when [`Stage::deadline`] passes (the close reason and the
+    /// log text: "header timeout", "TLS handshake timeout").
+    fn deadline_reason(&self) -> &'static str {
+        "stage timeout"
     }
 
     /// The server is closing the connection (idle timeout, shutdown drain): queue any last
@@ -70,6 +86,8 @@ pub trait Stage: Send + fmt::Debug {
 pub(super) struct Layers {
     stages: Vec<Box<dyn Stage>>,
     rejected: Option<&'static str>,
+    /// A finished stage named this client: the worker must admit it before the echo.
+    admit: Option<Client>,
 }
 
 impl Layers {
@@ -78,11 +96,28 @@ impl Layers {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.stages.is_empty() && self.rejected.is_none()
+        self.stages.is_empty() && self.rejected.is_none() && self.admit.is_none()
     }
 
     pub(super) fn rejected(&self) -> Option<&'static str> {
         self.rejected
+    }
+
+    pub(super) fn admit(&self) -> Option<Client> {
+        self.admit
+    }
+
+    /// The worker's answer to [`super::Action::Admit`].
+    pub(super) fn admitted(&mut self, r: Result<(), &'static str>) {
+        self.admit = None;
+        if let Err(why) = r {
+            self.rejected = Some(why);
+        }
+    }
+
+    /// The earliest deadline of the stages still there.
+    pub(super) fn deadline(&self) -> Option<Tick> {
+        self.stages.iter().filter_map(|s| s.deadline()).min()
     }
 
     /// Runs `data` through the stages. `Pass(n)`: every stage has finished and `data[n..]` is
@@ -94,6 +129,9 @@ impl Layers {
                 Flow::Pass(n) => {
                     assert!(off + n <= data.len(), "stage passed more than it was given");
                     off += n;
+                    if let Some(c) = stage.client() {
+                        self.admit = Some(c);
+                    }
                     self.stages.remove(0);
                 }
                 Flow::Reject(why) => {
@@ -106,12 +144,12 @@ impl Layers {
         Flow::Pass(off)
     }
 
-    /// The earliest deadline of the stages still running.
-    pub(super) fn deadline(&self) -> Option<Deadline> {
+    /// The reason of the first stage whose deadline has passed at `now`.
+    pub(super) fn timed_out(&self, now: Tick) -> Option<&'static str> {
         self.stages
             .iter()
-            .filter_map(|s| s.deadline())
-            .min_by_key(|d| d.at)
+            .find(|s| s.deadline().is_some_and(|d| d <= now))
+            .map(|s| s.deadline_reason())
     }
 
     pub(super) fn close(&mut self, out: &mut Pending) {

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use rustls::ServerConfig;
 
-use super::{Deadline, Flow, Pending, Stage, Tick};
+use super::{Flow, Pending, Stage, Tick};
 use crate::log;
 use crate::log::Level;
 use crate::stats::TlsCounters;
@@ -154,11 +154,12 @@ impl Stage for TlsStage {
         self.after(r, out)
     }
 
-    fn deadline(&self) -> Option<Deadline> {
-        self.session.is_handshaking().then_some(Deadline {
-            at: self.deadline,
-            what: HANDSHAKE_TIMEOUT,
-        })
+    fn deadline(&self) -> Option<Tick> {
+        self.session.is_handshaking().then_some(self.deadline)
+    }
+
+    fn deadline_reason(&self) -> &'static str {
+        HANDSHAKE_TIMEOUT
     }
 
     fn on_close(&mut self, out: &mut Pending) {
@@ -241,7 +242,7 @@ mod tests {
                 conn
             };
             let mut conn = new_conn();
-            assert_eq!(conn.deadline().map(|d| d.at), Some(42));
+            assert_eq!(conn.deadline(), Some(42));
             let mut client = testcert::client(&client_cfg);
             client.writer().write_all(b"hello over tls").unwrap();
             assert!(!pump(&mut conn, &mut client));
@@ -282,7 +283,7 @@ mod tests {
         let tally = Arc::new(TlsTally::default());
         let mut stage = TlsStage::new(server, 1000, 5, tally.clone()).unwrap();
         let mut out = Pending::default();
-        assert_eq!(stage.deadline().map(|d| d.at), Some(5));
+        assert_eq!(stage.deadline(), Some(5));
         assert_eq!(
             stage.on_input(b"GET / HTTP/1.0\r\n\r\n", &mut out),
             Flow::Finish

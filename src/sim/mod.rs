@@ -17,7 +17,12 @@
 //!   finished stream with nothing (an edge, the run queue, a timer) to wake it;
 //! - closes happen only for a reason that holds (idle long enough, quiet long enough while
 //!   draining, the shutdown timeout), and the drain ends by the timeout;
-//! - the connection table's invariants (activity order, run queue membership).
+//! - the connection table's invariants (activity order, run queue membership);
+//! - with a PROXY stage (`--proxy-protocol`, chosen per run; each client's header of a random
+//!   form, valid or not, split wherever its writes fall): the header is never echoed, the bytes
+//!   after it are echoed once in order, the stage reports the client the header names, rejected
+//!   connections (bad header, EOF inside it, refused at header time) get nothing, and the
+//!   header timeout closes only after its deadline.
 //!
 //! Randomness comes from a [`Source`]: a seeded [`Rng`] for `cargo test` and `make soak`, or the
 //! fuzzer's bytes ([`Bytes`]). A failure names its seed; `SIM_SEED=<seed> cargo test --test sim
@@ -29,11 +34,12 @@ pub mod tls;
 
 use std::time::Duration;
 
-use crate::conn::{CloseReason, Conn, Params, SPLICE_LEN, TICK, ticks_ceil};
+use crate::conn::proxy_stage::{EOF_IN_HEADER, is_proxy_reason};
+use crate::conn::{Client, CloseReason, Conn, Params, ProxyStage, SPLICE_LEN, TICK, ticks_ceil};
 use crate::worker::conns::Conns;
 use crate::worker::drain::QUIET;
 use crate::worker::service;
-use model::{Peer, SimSocket};
+use model::{Peer, SIM_REFUSAL, SimSocket};
 
 /// Where the simulator's choices come from.
 pub trait Source {
@@ -114,6 +120,13 @@ pub struct Report {
     pub idle: usize,
     pub shutdown_timeout: usize,
     pub errors: usize,
+    /// Connections with a PROXY stage, rejected ones (bad header, EOF in it, refused), and
+    /// header timeouts.
+    pub proxied: usize,
+    pub rejected: usize,
+    pub header_timeouts: usize,
+    /// Connections with a PROXY header that got their whole echo.
+    pub proxied_finished: usize,
     /// TLS clients, the ones that ended with both close_notifys and their whole echo, and the
     /// ones closed by the handshake timeout.
     pub tls_clients: usize,
@@ -131,6 +144,10 @@ impl std::ops::AddAssign for Report {
         self.idle += o.idle;
         self.shutdown_timeout += o.shutdown_timeout;
         self.errors += o.errors;
+        self.proxied += o.proxied;
+        self.rejected += o.rejected;
+        self.header_timeouts += o.header_timeouts;
+        self.proxied_finished += o.proxied_finished;
         self.tls_clients += o.tls_clients;
         self.tls_clean += o.tls_clean;
         self.tls_timeouts += o.tls_timeouts;
@@ -153,6 +170,9 @@ struct World {
     broken_pipe_peer: Option<u32>,
     /// Most bytes a client writes in total (keeps runs with 1-byte reads short).
     max_stream: u64,
+    /// `--proxy-protocol`: every connection starts with a PROXY stage whose header must be
+    /// whole within this many ticks.
+    proxy: Option<u64>,
     /// TLS clients are accepted (a share of them), with this handshake timeout.
     tls: Option<Duration>,
     #[cfg(feature = "tls")]
@@ -186,6 +206,7 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
             Duration::MAX,
         ],
     );
+    let proxy = chance(src, 30).then(|| 1 + below(src, 40));
     let params = Params {
         max_pending,
         read_len,
@@ -204,6 +225,7 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
         )
     });
     let mut w = World {
+        proxy,
         conns: Conns::new(params, idle),
         peers: Vec::new(),
         slot: Vec::new(),
@@ -224,8 +246,8 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
     };
     let ctx = |w: &World, e: String| {
         format!(
-            "step {}: {e} [read_len={} budget={} max_pending={} splice={} idle={:?} shutdown_timeout={:?} tls={:?}]",
-            w.step, read_len, budget, max_pending, splice, idle, shutdown_timeout, tls
+            "step {}: {e} [read_len={} budget={} max_pending={} splice={} idle={:?} shutdown_timeout={:?} proxy_timeout_ticks={:?} tls={:?}]",
+            w.step, read_len, budget, max_pending, splice, idle, shutdown_timeout, proxy, tls
         )
     };
     for step in 0..steps {
@@ -254,10 +276,25 @@ impl World {
         let rcvbuf = pick(src, &[100usize, 1000, 4096, 65536, 1 << 20]);
         let mut peer = Peer::new(id, rcvbuf, self.now);
         peer.stalled_reader = chance(src, 10);
-        #[allow(unused_mut)]
         let mut conn = Conn::new(self.now);
+        if let Some(ticks) = self.proxy {
+            let (header, client) = proxy_header(src, id);
+            peer.skip = match client {
+                Some(_) => header.len() as u64,
+                None => u64::MAX,
+            };
+            peer.expect_client = client;
+            peer.refuse = client.is_some() && chance(src, 10);
+            peer.header = header;
+            let deadline = (u64::from(self.now) + ticks + 1).min(u64::from(u32::MAX)) as u32;
+            conn.push_stage(Box::new(ProxyStage::new(deadline, None)));
+            self.report.proxied += 1;
+        }
+        // TLS clients in runs without --proxy-protocol (PROXY → TLS is covered by the tests
+        // of the real binary).
         #[cfg(feature = "tls")]
-        if let Some(timeout) = self.tls
+        if self.proxy.is_none()
+            && let Some(timeout) = self.tls
             && chance(src, 60)
         {
             use crate::conn::tls_stage::TlsStage;
@@ -530,7 +567,13 @@ impl World {
             }
             CloseReason::Finished => {
                 self.report.finished += 1;
-                if !(p.shut_wr && p.read_pos == p.sent && p.echoed == p.sent) {
+                if p.admitted {
+                    self.report.proxied_finished += 1;
+                }
+                if !(p.shut_wr && p.read_pos == p.sent && p.echoed == p.payload_sent())
+                    || p.skip == u64::MAX
+                    || p.refuse
+                {
                     return Err(format!(
                         "client {id} closed as finished: shut_wr={} sent={} read={} echoed={}",
                         p.shut_wr, p.sent, p.read_pos, p.echoed
@@ -546,16 +589,52 @@ impl World {
                 }
             }
             CloseReason::Rejected(r) => {
-                return Err(format!("client {id} rejected ({r}) without a stage"));
+                self.report.rejected += 1;
+                let hlen = p.header.len() as u64;
+                let ok = if self.proxy.is_none() {
+                    false
+                } else if r == SIM_REFUSAL {
+                    p.refuse && p.admitted
+                } else if r == EOF_IN_HEADER {
+                    p.shut_wr && p.read_pos == p.sent && (p.sent < hlen || p.skip == u64::MAX)
+                } else {
+                    is_proxy_reason(r) && p.skip == u64::MAX
+                };
+                if !ok || p.echoed > 0 {
+                    return Err(format!(
+                        "client {id} rejected ({r}) wrongly: header {:?} (valid: {}), refuse={}, admitted={}, sent {} read {} echoed {}, shut_wr={}",
+                        String::from_utf8_lossy(&p.header),
+                        p.skip != u64::MAX,
+                        p.refuse,
+                        p.admitted,
+                        p.sent,
+                        p.read_pos,
+                        p.echoed,
+                        p.shut_wr
+                    ));
+                }
             }
-            CloseReason::Timeout(what) => {
+            CloseReason::StageTimeout(r) if r == crate::conn::proxy_stage::HEADER_TIMEOUT => {
+                self.report.header_timeouts += 1;
+                let due = self
+                    .proxy
+                    .map(|t| u64::from(p.accepted_at) + t + 1)
+                    .unwrap_or(u64::MAX);
+                if now < due || p.admitted || p.echoed > 0 {
+                    return Err(format!(
+                        "client {id} closed by the header timeout at tick {now} (due {due}), admitted={}, echoed {}",
+                        p.admitted, p.echoed
+                    ));
+                }
+            }
+            CloseReason::StageTimeout(what) => {
                 let Some(timeout) = self.tls.filter(|_| p.is_tls()) else {
                     return Err(format!(
                         "client {id} closed by a stage deadline ({what}) without a stage"
                     ));
                 };
                 self.report.tls_timeouts += 1;
-                let due = u64::from(p.accepted) + ticks_ceil(timeout) + 1;
+                let due = u64::from(p.accepted_at) + ticks_ceil(timeout) + 1;
                 if now < due {
                     return Err(format!(
                         "client {id} closed by {what} at tick {now}, before its deadline {due}"
@@ -578,7 +657,7 @@ impl World {
                     || silent < need
                     || p.queued() > 0
                     || conn.pending_len() > 0
-                    || (!p.is_tls() && p.echoed != p.read_pos)
+                    || (!p.is_tls() && p.echoed != p.payload_read())
                 {
                     return Err(format!(
                         "client {id} closed as quiet while busy: silent {silent} tick(s) (need {need}), {} unread, {} pending, draining={}",
@@ -813,14 +892,116 @@ impl World {
         }
         for p in &self.peers {
             let served = matches!(p.closed, Some(CloseReason::Finished | CloseReason::Quiet));
-            if served && !p.reset && !p.is_tls() && p.echoed != p.read_pos {
+            if served && !p.reset && !p.is_tls() && p.echoed != p.payload_read() {
                 return Err(format!(
                     "client {}: {} byte(s) read but never echoed",
                     p.id,
-                    p.read_pos - p.echoed
+                    p.payload_read() - p.echoed
+                ));
+            }
+            let rejected = matches!(
+                p.closed,
+                Some(CloseReason::Rejected(_) | CloseReason::StageTimeout(_))
+            );
+            // (A connection that must be rejected may still end otherwise before its header
+            // is decided: idle, drained, reset. A Finished one is caught in `on_closed`.)
+            if p.refuse && p.admitted && !rejected {
+                return Err(format!(
+                    "client {}: should have been rejected, closed {:?}",
+                    p.id, p.closed
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// A PROXY header of a random form for client `id`, and the client it names (`None`: the
+/// header is invalid and the connection must be rejected). Valid: v1 TCP4/TCP6/UNKNOWN, v2
+/// PROXY over IPv4/IPv6 with or without TLVs, v2 LOCAL. Invalid: no header at all, a bad port,
+/// a v1 line without CRLF, a v2 header announcing more than 4096 bytes, a v2 version 1.
+fn proxy_header(src: &mut impl Source, id: u32) -> (Vec<u8>, Option<Client>) {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let sport = 1 + below(src, 65535) as u16;
+    let v4 = Ipv4Addr::from(0xC612_0000 + id); // 198.18.0.0/15
+    let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, id as u16, 0, 0, 0, 1);
+    let sig = crate::proxy::V2_SIGNATURE;
+    let v2 = |cmd: u8, fam: u8, body: &[u8]| {
+        let mut h = sig.to_vec();
+        h.extend_from_slice(&[cmd, fam]);
+        h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        h.extend_from_slice(body);
+        h
+    };
+    let tlvs = |src: &mut dyn FnMut() -> u64| -> Vec<u8> {
+        let mut t = Vec::new();
+        for _ in 0..src() % 3 {
+            let len = (src() % 40) as u16;
+            t.push(0xE0 + (src() % 16) as u8);
+            t.extend_from_slice(&len.to_be_bytes());
+            t.extend((0..len).map(|i| i as u8));
+        }
+        t
+    };
+    let (h, client) = match below(src, 12) {
+        0 => (
+            format!("PROXY TCP4 {v4} 192.0.2.1 {sport} 443\r\n").into_bytes(),
+            Some(Client::Addr(SocketAddr::new(v4.into(), sport))),
+        ),
+        1 => (
+            format!("PROXY TCP6 {v6} 2001:db8::2 {sport} 443\r\n").into_bytes(),
+            Some(Client::Addr(SocketAddr::new(v6.into(), sport))),
+        ),
+        2 => (b"PROXY UNKNOWN\r\n".to_vec(), Some(Client::SocketPeer)),
+        3 | 4 => {
+            let mut body = v4.octets().to_vec();
+            body.extend_from_slice(&[192, 0, 2, 1]);
+            body.extend_from_slice(&sport.to_be_bytes());
+            body.extend_from_slice(&443u16.to_be_bytes());
+            body.extend(tlvs(&mut || src.next()));
+            (
+                v2(0x21, 0x11, &body),
+                Some(Client::Addr(SocketAddr::new(v4.into(), sport))),
+            )
+        }
+        5 => {
+            let mut body = v6.octets().to_vec();
+            body.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+            body.extend_from_slice(&sport.to_be_bytes());
+            body.extend_from_slice(&443u16.to_be_bytes());
+            body.extend(tlvs(&mut || src.next()));
+            (
+                v2(0x21, 0x21, &body),
+                Some(Client::Addr(SocketAddr::new(v6.into(), sport))),
+            )
+        }
+        6 => (
+            v2(0x20, 0x00, &tlvs(&mut || src.next())),
+            Some(Client::SocketPeer),
+        ),
+        7 => (Vec::new(), None), // no header: the payload itself is not one
+        8 => (
+            b"PROXY TCP4 198.18.0.1 192.0.2.1 1 99999\r\n".to_vec(),
+            None,
+        ),
+        9 => {
+            let mut h = b"PROXY UNKNOWN".to_vec();
+            h.extend(std::iter::repeat_n(b'x', 100));
+            (h, None)
+        }
+        10 => {
+            let mut h = sig.to_vec();
+            h.extend_from_slice(&[0x21, 0x11, 0x10, 0x00]);
+            (h, None)
+        }
+        _ => (v2(0x11, 0x11, &[0; 12]), None),
+    };
+    // The generator and the parser agree (a valid header parses whole, to its last byte).
+    if client.is_some() {
+        assert!(
+            matches!(crate::proxy::parse(&h), crate::proxy::Status::Done(_, n) if n == h.len()),
+            "sim generated a header the parser does not take whole: {h:?}"
+        );
+    }
+    (h, client)
 }

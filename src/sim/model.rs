@@ -4,7 +4,10 @@
 
 use std::io::{self, ErrorKind};
 
-use crate::conn::Readiness;
+use crate::conn::{Client, Readiness};
+
+/// The reason the simulated worker gives when it refuses a client at header time.
+pub const SIM_REFUSAL: &str = "sim: over a per-IP limit";
 use crate::worker::service::Socket;
 
 /// Length of the stream pattern: a prime, so no read size or window lines up with it.
@@ -96,8 +99,19 @@ pub struct Peer {
     /// decryption (see `sim::tls`).
     #[cfg(feature = "tls")]
     pub tls: Option<super::tls::TlsPeer>,
-    /// The tick the server accepted it.
-    pub accepted: u32,
+    /// With a PROXY stage: the bytes the stream starts with (a header, valid or not).
+    pub header: Vec<u8>,
+    /// Bytes at the start of the stream that must never be echoed: a valid header's length,
+    /// or everything (`u64::MAX`) when the connection must be rejected.
+    pub skip: u64,
+    /// The worker refuses this client when the stage asks to admit it (a per-IP limit).
+    pub refuse: bool,
+    /// The client the header names, as the stage must report it.
+    pub expect_client: Option<Client>,
+    /// The stage asked to admit this client.
+    pub admitted: bool,
+    /// The tick the connection was accepted at.
+    pub accepted_at: u32,
 }
 
 impl Peer {
@@ -123,8 +137,36 @@ impl Peer {
             first_violation: None,
             #[cfg(feature = "tls")]
             tls: None,
-            accepted: now,
+            header: Vec::new(),
+            skip: 0,
+            refuse: false,
+            expect_client: None,
+            admitted: false,
+            accepted_at: now,
         }
+    }
+
+    /// Stream bytes from raw offset `off`: the header, then the client's pattern.
+    fn fill_raw(&self, off: u64, out: &mut [u8]) {
+        let h = self.header.len() as u64;
+        let mut done = 0;
+        if off < h {
+            let n = ((h - off) as usize).min(out.len());
+            out[..n].copy_from_slice(&self.header[off as usize..off as usize + n]);
+            done = n;
+        }
+        let pat = (off + done as u64).saturating_sub(h);
+        fill(self.id, pat, &mut out[done..]);
+    }
+
+    /// Payload bytes (after the header) the server has read.
+    pub fn payload_read(&self) -> u64 {
+        self.read_pos.saturating_sub(self.skip)
+    }
+
+    /// Payload bytes (after the header) the client has written.
+    pub fn payload_sent(&self) -> u64 {
+        self.sent.saturating_sub(self.skip)
     }
 
     /// A TLS client.
@@ -231,10 +273,18 @@ impl Peer {
         }
         if self.is_tls() {
             // Checked above, after decryption.
-        } else if end > self.read_pos {
+        } else if self.refuse || self.skip == u64::MAX {
             self.violation(format!(
-                "client {}: echoed up to offset {end} but the server read only {}",
-                self.id, self.read_pos
+                "client {}: {} byte(s) sent to a connection that must be rejected (refuse={})",
+                self.id,
+                data.len(),
+                self.refuse
+            ));
+        } else if end > self.payload_read() {
+            self.violation(format!(
+                "client {}: echoed up to offset {end} but the server read only {} after the header",
+                self.id,
+                self.payload_read()
             ));
         } else if let Some(i) = mismatch(self.id, self.echoed, data) {
             let off = self.echoed + i as u64;
@@ -290,7 +340,7 @@ impl Socket for SimSocket<'_> {
             p.take(n, self.now);
             return Ok(n);
         }
-        fill(p.id, p.read_pos, &mut buf[..n]);
+        p.fill_raw(p.read_pos, &mut buf[..n]);
         p.take(n, self.now);
         Ok(n)
     }
@@ -359,7 +409,7 @@ impl Socket for SimSocket<'_> {
         }
         let at = pipe.len();
         pipe.resize(at + n, 0);
-        fill(p.id, p.read_pos, &mut pipe[at..]);
+        p.fill_raw(p.read_pos, &mut pipe[at..]);
         p.take(n, self.now);
         Ok(n)
     }
@@ -388,6 +438,18 @@ impl Socket for SimSocket<'_> {
         p.accept_echo(&pipe[..n], self.now);
         pipe.drain(..n);
         Ok(n)
+    }
+
+    fn admit(&mut self, client: Client) -> Result<(), &'static str> {
+        let p = &mut *self.peer;
+        if p.expect_client != Some(client) || p.admitted {
+            p.violation(format!(
+                "client {}: asked to admit {client:?} (again: {}), the header names {:?}",
+                p.id, p.admitted, p.expect_client
+            ));
+        }
+        p.admitted = true;
+        if p.refuse { Err(SIM_REFUSAL) } else { Ok(()) }
     }
 
     fn pipe_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

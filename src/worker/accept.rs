@@ -10,12 +10,13 @@
 //! accept errors rest the listener briefly instead of spinning. Every warning is rate-limited.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::throttle::Throttled;
 use super::{ACCEPT_BATCH, Listen, Token, Worker};
-use crate::conn::Conn;
+use crate::conn::{Conn, ProxyStage, Tick, ticks_ceil};
 use crate::log::Level;
 use crate::{log, sys};
 
@@ -123,8 +124,8 @@ impl Worker {
             let Some(listener) = a.listener.as_ref() else {
                 return;
             };
-            match sys::accept(listener.as_fd()) {
-                Ok(fd) => self.admit(fd, l),
+            match sys::accept_with_peer(listener.as_fd()) {
+                Ok((fd, peer)) => self.admit(fd, peer, l),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if sys::is_out_of_fds(&e) => return self.out_of_fds(&e, l),
                 Err(e) if sys::is_transient_accept_error(&e) => continue,
@@ -142,7 +143,7 @@ impl Worker {
 
     /// Counts, configures, registers and stores one accepted client — or refuses it. The
     /// same rules for both listeners; a TLS client's connection gets its TLS stage.
-    fn admit(&mut self, fd: OwnedFd, l: Listen) {
+    fn admit(&mut self, fd: OwnedFd, peer: Option<SocketAddr>, l: Listen) {
         self.counters.accepted += 1;
         if !self.shared.try_admit(self.cfg.max_connections) {
             drop(fd); // the client sees the connection close at once
@@ -153,21 +154,30 @@ impl Worker {
             }
             return;
         }
-        // The stages, in order: (a PROXY header goes first) → TLS.
-        #[allow(unused_mut)]
-        let mut conn = Conn::new(self.clock.tick);
-        if l == Listen::Tls {
-            #[cfg(feature = "tls")]
-            if let Some(tls) = self.tls.as_mut() {
-                match tls.stage(self.clock.tick, self.cfg.max_pending) {
-                    Ok(stage) => conn.push_stage(Box::new(stage)),
-                    Err(e) => {
-                        log!(Level::Warn, "TLS session: {e}");
-                        self.shared.release();
-                        return;
-                    }
+        // The TLS session first: it is the one step here that can fail on its own.
+        #[cfg(feature = "tls")]
+        let tls_stage = match self.tls.as_mut().filter(|_| l == Listen::Tls) {
+            Some(tls) => match tls.stage(self.clock.tick, self.cfg.max_pending) {
+                Ok(stage) => Some(stage),
+                Err(e) => {
+                    log!(Level::Warn, "TLS session: {e}");
+                    self.shared.release();
+                    return;
                 }
-            }
+            },
+            None => None,
+        };
+        // Per-client rules (#13); with --proxy-protocol they wait for the header's client.
+        if self.per_ip.at_accept()
+            && let Some(peer) = peer
+            && self
+                .per_ip
+                .admit(fd.as_raw_fd(), peer.ip(), None, self.clock.now)
+                .is_err()
+        {
+            self.shared.release();
+            sys::reset(fd); // RST: nothing read, nothing echoed
+            return;
         }
         // An echo must not wait for Nagle; failure here only costs latency.
         let _ = sys::set_nodelay(fd.as_fd());
@@ -180,10 +190,32 @@ impl Worker {
             if let Some(n) = self.acceptor.register_errors.hit(self.clock.now) {
                 log!(Level::Warn, "register client: {e} ({n} time(s))");
             }
+            self.per_ip.release(fd.as_raw_fd());
             self.shared.release();
             return;
         }
-        log!(Level::Debug, "accept {}", peer(&fd));
+        if let Some(peer) = peer {
+            log!(Level::Debug, "accept {peer}");
+        }
+        let mut conn = Conn::new(self.clock.tick);
+        // The banner is plain text: not on the TLS port, where it would break the handshake.
+        let banner = self.cfg.banner.clone().filter(|_| l == Listen::Plain);
+        if let Some(timeout) = self.per_ip.proxy() {
+            // The header must be whole a whole timeout after the end of this tick.
+            let deadline = u64::from(self.clock.tick)
+                .saturating_add(ticks_ceil(timeout))
+                .saturating_add(1)
+                .min(u64::from(Tick::MAX)) as Tick;
+            // The banner goes out once the header is whole (and the client admitted).
+            conn.push_stage(Box::new(ProxyStage::new(deadline, banner)));
+        } else if let Some(banner) = &banner {
+            conn.queue_output(banner); // sent on the first writable edge, before any echo
+        }
+        // The stages in order: PROXY header → TLS.
+        #[cfg(feature = "tls")]
+        if let Some(stage) = tls_stage {
+            conn.push_stage(Box::new(stage));
+        }
         let stored = self.conns.insert(fd, conn);
         debug_assert_eq!(stored, idx);
     }

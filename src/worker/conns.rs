@@ -28,10 +28,10 @@ pub struct Conns<S> {
     params: Params,
     idle: IdleTimeout,
     drain: Option<Drain>,
-    /// Stage deadlines (a TLS handshake): (tick, slot), earliest first. An entry is checked
-    /// against the connection when it comes due (the stage may be done, the slot reused), so
-    /// nothing is removed early; there is one entry per connection accepted within the
-    /// longest stage timeout.
+    /// Stage deadlines (`--proxy-header-timeout`, `--tls-handshake-timeout`): (tick, slot),
+    /// earliest first — a heap, since the timeouts differ. An entry is checked against the
+    /// connection when it comes due (the stage may be done, the slot reused), so nothing is
+    /// removed early; there is one entry per connection accepted within the longest timeout.
     deadlines: BinaryHeap<Reverse<(Tick, u32)>>,
 }
 
@@ -69,7 +69,7 @@ impl<S> Conns<S> {
         let deadline = conn.deadline();
         let idx = self.table.insert(sock, conn);
         if let Some(d) = deadline {
-            self.deadlines.push(Reverse((d.at, idx)));
+            self.deadlines.push(Reverse((d, idx)));
         }
         idx
     }
@@ -178,7 +178,7 @@ impl<S> Conns<S> {
         timed_out
     }
 
-    /// Closes connections whose stage deadline has passed (see [`crate::conn::Deadline`]).
+    /// Closes connections whose stage deadline has passed ([`crate::conn::Stage::deadline`]).
     fn expire_deadlines(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) {
         while let Some(&Reverse((at, idx))) = self.deadlines.peek() {
             if at > now {
@@ -186,15 +186,16 @@ impl<S> Conns<S> {
             }
             self.deadlines.pop();
             // The slot may hold the same connection (done or not), a newer one, or none.
-            let Some(d) = self.table.get(idx).and_then(|(_, c)| c.deadline()) else {
+            let Some((_, conn)) = self.table.get(idx) else {
                 continue;
             };
-            if d.at <= now {
-                self.close(idx, CloseReason::Timeout(d.what), closed);
-            } else {
-                // A later deadline (the next stage's, or a newer connection's in a reused
-                // slot, which then has two entries; the second finds nothing to do).
-                self.deadlines.push(Reverse((d.at, idx)));
+            if let Some(why) = conn.timed_out(now) {
+                self.close(idx, CloseReason::StageTimeout(why), closed);
+            } else if let Some(d) = conn.deadline() {
+                // A later deadline (the next stage's — a TLS handshake after a PROXY header —
+                // or a newer connection's in a reused slot, which then has two entries; the
+                // second finds nothing to do).
+                self.deadlines.push(Reverse((d, idx)));
             }
         }
     }

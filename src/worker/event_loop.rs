@@ -2,11 +2,13 @@
 //! the timers, publish stats. Returns when shutdown has finished.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
+use super::per_ip::{OVER_CONNS, OVER_RATE, PerIp};
 use super::service::{self, FdSocket};
 use super::{Token, Worker};
+use crate::conn::proxy_stage::{HEADER_TIMEOUT, is_proxy_reason};
 use crate::conn::{CloseReason, Conn, Readiness};
 use crate::log::Level;
 use crate::shared::Shared;
@@ -44,9 +46,12 @@ fn readiness(events: u32) -> Readiness {
 fn on_closed<'a>(
     shared: &'a Shared,
     counters: &'a mut Counters,
+    per_ip: &'a PerIp,
     tally: Option<&'a TlsTally>,
 ) -> impl FnMut(OwnedFd, Conn, CloseReason) + 'a {
     move |fd, mut conn, why| {
+        // The client's place in the per-IP table comes back on every path.
+        let client = per_ip.release(fd.as_raw_fd());
         if matches!(
             why,
             CloseReason::Idle | CloseReason::Quiet | CloseReason::ShutdownTimeout
@@ -56,21 +61,38 @@ fn on_closed<'a>(
                 let _ = sys::send(fd.as_fd(), bye);
             }
         }
-        #[cfg(feature = "tls")]
-        if why == CloseReason::Timeout(crate::conn::tls_stage::HANDSHAKE_TIMEOUT)
-            && let Some(t) = tally
-        {
-            t.count_timeout();
+        if log::enabled(Level::Debug) {
+            let via = client.map_or_else(String::new, |c| format!(" (PROXY client {c})"));
+            log!(
+                Level::Debug,
+                "close {}{via} ({why}), {} byte(s) unsent",
+                super::accept::peer(&fd),
+                conn.pending_len()
+            );
         }
-        #[cfg(not(feature = "tls"))]
-        let _ = tally;
-        log!(
-            Level::Debug,
-            "close {} ({why}), {} byte(s) unsent",
-            super::accept::peer(&fd),
-            conn.pending_len()
-        );
-        drop(fd); // close(2): FIN, or RST if unread input remains
+        match why {
+            // Over a per-IP limit at header time: reset, as at accept.
+            CloseReason::Rejected(r) if r == OVER_CONNS || r == OVER_RATE => sys::reset(fd),
+            CloseReason::Rejected(r) if is_proxy_reason(r) => {
+                counters.per_ip.proxy_rejected += 1;
+                drop(fd);
+            }
+            CloseReason::StageTimeout(r) if r == HEADER_TIMEOUT => {
+                counters.per_ip.proxy_timeout += 1;
+                drop(fd);
+            }
+            CloseReason::StageTimeout(_) => {
+                // The TLS handshake timeout (the only other stage deadline).
+                if let Some(t) = tally {
+                    #[cfg(feature = "tls")]
+                    t.count_timeout();
+                    #[cfg(not(feature = "tls"))]
+                    match *t {}
+                }
+                drop(fd);
+            }
+            _ => drop(fd), // close(2): FIN, or RST if unread input remains
+        }
         counters.closed += 1;
         if why == CloseReason::Idle {
             counters.idle_closed += 1;
@@ -116,6 +138,10 @@ impl Worker {
             if let Some(tls) = &self.tls {
                 self.counters.tls = tls.tally.snapshot();
             }
+            (
+                self.counters.per_ip.refused_per_ip,
+                self.counters.per_ip.refused_rate,
+            ) = self.per_ip.refusals();
             self.shared.stats[self.cfg.id].publish(&self.counters, self.conns.live());
             if self.conns.draining() && self.conns.live() == 0 {
                 return Ok(());
@@ -125,18 +151,25 @@ impl Worker {
 
     /// Gives every queued connection one budgeted turn.
     fn serve_run_queue(&mut self) {
-        let (buf, pipe) = (&mut self.buf, self.pipe.as_ref());
+        let (buf, pipe, per_ip, now) = (
+            &mut self.buf,
+            self.pipe.as_ref(),
+            &self.per_ip,
+            self.clock.now,
+        );
         #[cfg(feature = "tls")]
         let tally = self.tls.as_ref().map(|t| &*t.tally);
         #[cfg(not(feature = "tls"))]
         let tally = None;
-        let mut closed = on_closed(&self.shared, &mut self.counters, tally);
+        let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip, tally);
         let moved = self.conns.serve_queued(
             self.clock.tick,
             |fd, conn, turn| {
                 let mut sock = FdSocket {
                     fd: fd.as_fd(),
                     pipe,
+                    per_ip,
+                    now,
                 };
                 service::serve(conn, &mut sock, turn, buf)
             },
@@ -200,10 +233,15 @@ impl Worker {
             .next_deadline(self.clock.tick)
             .map(|t| self.clock.at(t));
         let tls = self.tls_acceptor.as_ref().and_then(|a| a.next_deadline());
-        [conns, self.acceptor.next_deadline(), tls]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            conns,
+            self.acceptor.next_deadline(),
+            self.per_ip.next_deadline(),
+            tls,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_timers(&mut self) {
@@ -211,7 +249,7 @@ impl Worker {
         let tally = self.tls.as_ref().map(|t| &*t.tally);
         #[cfg(not(feature = "tls"))]
         let tally = None;
-        let mut closed = on_closed(&self.shared, &mut self.counters, tally);
+        let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip, tally);
         let timed_out = self.conns.on_timers(self.clock.tick, &mut closed);
         drop(closed);
         if timed_out > 0 {
@@ -221,5 +259,6 @@ impl Worker {
             );
         }
         self.accept_timers();
+        self.per_ip.timers(self.clock.now);
     }
 }

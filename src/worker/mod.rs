@@ -49,6 +49,7 @@ pub mod conns;
 pub mod drain;
 mod event_loop;
 pub mod idle;
+pub mod per_ip;
 pub mod service;
 pub mod table;
 pub mod throttle;
@@ -105,6 +106,10 @@ pub struct WorkerConfig {
     pub splice: bool,
     /// The UDP echo socket (`--udp-port`), if on.
     pub udp: Option<UdpConfig>,
+    /// Per-client admission (`--max-conns-per-ip`, `--accept-rate-per-ip`, `--proxy-protocol`).
+    pub per_ip: per_ip::PerIpConfig,
+    /// `--banner`, expanded for this worker: sent to each new connection before any echo.
+    pub banner: Option<Arc<[u8]>>,
     /// The TLS listener (`--tls-port`), if on.
     #[cfg(feature = "tls")]
     pub tls: Option<tls::TlsWorkerConfig>,
@@ -206,6 +211,7 @@ pub struct Worker {
     /// its last turn ended with its budget spent).
     udp: Option<UdpEcho>,
     udp_ready: bool,
+    per_ip: per_ip::PerIp,
 }
 
 impl Worker {
@@ -271,6 +277,7 @@ impl Worker {
         };
         Ok(Worker {
             conns: Conns::new(params, cfg.idle_timeout),
+            per_ip: per_ip::PerIp::new(cfg.per_ip.clone()),
             cfg,
             shared,
             epoll,

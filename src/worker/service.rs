@@ -6,7 +6,7 @@
 use std::io::{self, ErrorKind};
 
 use crate::conn::{
-    Action, CloseReason, Conn, ReadResult, SPLICE_LEN, SendResult, SpliceResult, Turn,
+    Action, Client, CloseReason, Conn, ReadResult, SPLICE_LEN, SendResult, SpliceResult, Turn,
 };
 
 /// The calls a turn makes. Errors are `io::Error`s as the kernel reports them (`EINTR` may
@@ -20,6 +20,9 @@ pub trait Socket {
     fn splice_out(&mut self, len: usize) -> io::Result<usize>;
     /// Read bytes back out of the worker's pipe (what the socket did not take).
     fn pipe_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Apply the per-client rules to the client a stage identified (`Action::Admit`);
+    /// `Err(reason)` refuses it.
+    fn admit(&mut self, client: Client) -> Result<(), &'static str>;
 }
 
 /// How a turn ended.
@@ -74,6 +77,10 @@ pub fn serve<S: Socket>(conn: &mut Conn, sock: &mut S, turn: &mut Turn, buf: &mu
                     conn.on_splice(turn, result);
                 }
             },
+            Action::Admit(client) => {
+                let r = sock.admit(client);
+                conn.on_admit(r);
+            }
             Action::Yield => return Outcome::Yield,
             Action::Wait => return Outcome::Wait,
             Action::Close(reason) if drop_pipe => return Outcome::CloseAndDropPipe(reason),
@@ -145,10 +152,13 @@ fn splice<'b, S: Socket>(
     })
 }
 
-/// The worker's socket: a client fd, and the worker's splice pipe if it has one.
+/// The worker's socket: a client fd, the worker's splice pipe if it has one, and its
+/// per-client admission (with the loop's time) for `Action::Admit`.
 pub struct FdSocket<'a> {
     pub fd: std::os::fd::BorrowedFd<'a>,
     pub pipe: Option<&'a SplicePipe>,
+    pub per_ip: &'a super::per_ip::PerIp,
+    pub now: std::time::Duration,
 }
 
 /// The worker's pipe for zero-copy echo of bulk streams. Empty between uses.
@@ -182,5 +192,30 @@ impl Socket for FdSocket<'_> {
         use std::os::fd::AsFd;
         let pipe = self.pipe.ok_or_else(no_pipe)?;
         crate::sys::read(pipe.r.as_fd(), buf)
+    }
+    fn admit(&mut self, client: Client) -> Result<(), &'static str> {
+        use std::os::fd::AsRawFd;
+        let peer = || {
+            socket2::SockRef::from(&self.fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+        };
+        let (ip, header) = match client {
+            Client::Addr(a) => (Some(a.ip()), Some(a)),
+            Client::SocketPeer => (peer().map(|a| a.ip()), None),
+        };
+        if crate::log::enabled(crate::log::Level::Debug) {
+            let from = peer().map_or_else(|| "a client that has gone".into(), |a| a.to_string());
+            let who = header.map_or_else(|| "none (the peer)".into(), |a| a.to_string());
+            crate::log!(
+                crate::log::Level::Debug,
+                "accept {from} via PROXY header: client {who}"
+            );
+        }
+        match ip {
+            Some(ip) => self.per_ip.admit(self.fd.as_raw_fd(), ip, header, self.now),
+            None => Ok(()), // gone already: the next read or send says so
+        }
     }
 }
