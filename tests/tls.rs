@@ -575,3 +575,65 @@ fn sighup_reloads_the_certificate_for_new_connections_only() {
     srv.signal("TERM");
     srv.assert_exit(0, Duration::from_secs(10));
 }
+
+#[test]
+fn proxy_header_then_tls_and_both_deadlines() {
+    let c = Certs::new("proxy");
+    let (cert, key) = c.pair("a");
+    let args = [
+        "--proxy-protocol",
+        "--proxy-header-timeout",
+        "300ms",
+        "--tls-handshake-timeout",
+        "1500ms",
+        "-v",
+    ];
+    let (mut srv, addr) = start_tls(&cert, &key, &args);
+    let cfg = client_config(&[&cert], &[&TLS13, &TLS12]);
+    // The PROXY header first (in clear, as a load balancer sends it), then TLS on the rest.
+    let mut sock = connect(addr);
+    sock.write_all(b"PROXY TCP4 198.51.100.7 192.0.2.1 40000 443\r\n")
+        .unwrap();
+    let conn =
+        ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut s = StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .expect("TLS after the PROXY header");
+    }
+    echo(&mut s, &pattern(100_000, 5));
+    assert!(
+        wait_until(Duration::from_secs(5), || srv
+            .stderr()
+            .contains("PROXY client 198.51.100.7:40000")
+            || srv.stderr().contains("198.51.100.7")),
+        "{}",
+        srv.stderr()
+    );
+    // No header: the header timeout (300ms). A header and then silence: the handshake
+    // timeout (1.5s after the accept), not the header timeout.
+    let start = Instant::now();
+    let mut bare = connect(addr);
+    let mut headed = connect(addr);
+    headed
+        .write_all(b"PROXY TCP4 198.51.100.8 192.0.2.1 40001 443\r\n")
+        .unwrap();
+    assert!(sees_close(&mut bare, Duration::from_secs(5)));
+    let bare_took = start.elapsed();
+    assert!(sees_close(&mut headed, Duration::from_secs(5)));
+    let headed_took = start.elapsed();
+    assert!(bare_took < Duration::from_millis(1200), "{bare_took:?}");
+    assert!(
+        headed_took >= Duration::from_millis(1400) && headed_took < Duration::from_secs(4),
+        "{headed_took:?}"
+    );
+    echo(&mut s, b"still here");
+    drop(s);
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+    let err = srv.stderr();
+    assert!(err.contains("proxy_timeout=1"), "{err}");
+    assert!(err.contains("timeout=1)"), "{err}");
+    assert!(err.contains("(TLS handshake timeout)"), "{err}");
+}
