@@ -637,3 +637,41 @@ fn proxy_header_then_tls_and_both_deadlines() {
     assert!(err.contains("timeout=1)"), "{err}");
     assert!(err.contains("(TLS handshake timeout)"), "{err}");
 }
+
+#[test]
+fn in_process_tls_addr_port_zero_is_shared_by_the_workers() {
+    let c = Certs::new("inproc");
+    let (cert, key) = c.pair("a");
+    let config = epoll_echo::Config {
+        host: Some("127.0.0.1".parse().unwrap()),
+        port: 0,
+        workers: 3,
+        tls: Some(epoll_echo::tls::TlsSettings {
+            port: 0,
+            reloader: epoll_echo::tls::TlsReloader::load(&cert, &key).unwrap(),
+            handshake_timeout: Duration::from_secs(10),
+        }),
+        ..epoll_echo::Config::default()
+    };
+    let running = epoll_echo::Server::new(config).unwrap().start().unwrap();
+    let addr = running.tls_addr().expect("a TLS address");
+    assert_ne!(addr.port(), 0);
+    assert_ne!(addr.port(), running.local_addr().port());
+    // The kernel-chosen port (the first worker's, handed to the others) serves TLS.
+    let cfg = client_config(&[&cert], &[&TLS13]);
+    let mut clients: Vec<Tls> = (0..30).map(|_| tls_connect(addr, &cfg)).collect();
+    for (i, s) in clients.iter_mut().enumerate() {
+        echo(s, &pattern(1000, i as u64));
+    }
+    // Published once per loop pass: wait for it.
+    assert!(wait_until(Duration::from_secs(5), || running
+        .stats()
+        .tls
+        .handshakes
+        == 30));
+    drop(clients);
+    running.shutdown_handle().shutdown();
+    let summary = running.wait().unwrap();
+    assert_eq!(summary.totals.tls.handshakes, 30);
+    assert_eq!(summary.totals.tls.failures(), 0);
+}
