@@ -6,7 +6,7 @@ STATIC_TARGET := x86_64-unknown-linux-gnu
 IMAGE ?= epoll-echo:latest
 DOCKER ?= docker
 
-.PHONY: build run test test-deps lint fmt clean static check-static image check-container docker bench soak fuzz
+.PHONY: build run test test-deps lint fmt clean static check-static image check-container docker bench soak fuzz test-plain
 
 build:
 	$(CARGO) build --release --locked --workspace
@@ -19,6 +19,10 @@ run:
 ## (unit, simulator, integration against the real binary with real clients, echo-bench).
 test: test-deps lint
 	$(CARGO) test --locked --workspace
+
+## The plain-only build (cargo feature `tls` off): builds, and its unit tests pass.
+test-plain:
+	$(CARGO) test --locked --no-default-features --lib
 
 test-deps:
 	@bash scripts/test-deps.sh

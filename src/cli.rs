@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
+#[cfg(feature = "tls")]
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -140,6 +142,27 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<std::path::PathBuf>,
 
+    /// Also serve TLS (1.2 and 1.3) on this port, in every worker; needs --tls-cert and --tls-key.
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "TLS_PORT", value_name = "PORT", requires_all = ["tls_cert", "tls_key"],
+          allow_hyphen_values = true)]
+    pub tls_port: Option<u16>,
+
+    /// TLS certificate chain, PEM, leaf first (read again on SIGHUP).
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "TLS_CERT", value_name = "PATH", requires = "tls_port")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key, PEM: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted (read again on SIGHUP).
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "TLS_KEY", value_name = "PATH", requires = "tls_port")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Close a TLS connection whose handshake has not finished within this time.
+    #[cfg(feature = "tls")]
+    #[arg(long, default_value = "10s", value_name = "DUR", value_parser = parse_header_timeout, allow_hyphen_values = true)]
+    pub tls_handshake_timeout: Duration,
+
     /// Send TEXT to each new connection before echoing (after the header with
     /// --proxy-protocol). {hostname} and {worker} expand; so do \n, \r, \t and \\.
     /// At most 64K after expansion [default: off].
@@ -160,7 +183,7 @@ fn parse_banner(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// A header timeout: more than zero, at most an hour.
+/// A header or handshake timeout: more than zero, at most an hour.
 fn parse_header_timeout(s: &str) -> Result<Duration, String> {
     let d = crate::duration::parse(s)?;
     if d.is_zero() {
@@ -276,7 +299,33 @@ impl Cli {
             udp_rate: self.udp_rate,
             banner: self.banner.clone(),
             metrics_addr: self.metrics_addr,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// The TLS settings, with the certificate and key loaded and checked: call before anything
+    /// listens. `Err` is the message for a usage error (exit 2), naming the flag and the file.
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Result<Option<crate::tls::TlsSettings>, String> {
+        let Some(port) = self.tls_port else {
+            return Ok(None);
+        };
+        if port != 0 && port == self.port {
+            return Err(format!(
+                "--tls-port {port}: the same port as --port; give TLS a port of its own"
+            ));
+        }
+        // clap's `requires` guarantees both paths with --tls-port.
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Err("--tls-port needs --tls-cert and --tls-key".into());
+        };
+        let reloader = crate::tls::TlsReloader::load(cert, key).map_err(|e| e.to_string())?;
+        Ok(Some(crate::tls::TlsSettings {
+            port,
+            reloader,
+            handshake_timeout: self.tls_handshake_timeout,
+        }))
     }
 }
 
@@ -335,5 +384,41 @@ mod tests {
             let e = Cli::try_parse_from(["epoll-echo", bad[0], bad[1]]).unwrap_err();
             assert!(e.to_string().contains(bad[1]), "{e}");
         }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_flags_need_each_other() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["epoll-echo"], args].concat());
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.tls_handshake_timeout, Duration::from_secs(10));
+        assert!(cli.tls().unwrap().is_none());
+        for bad in [
+            &["--tls-port", "8443"][..],
+            &["--tls-port", "8443", "--tls-cert", "c.pem"],
+            &["--tls-cert", "c.pem", "--tls-key", "k.pem"],
+            &["--tls-key", "k.pem"],
+            &["--tls-handshake-timeout", "0"],
+            &["--tls-handshake-timeout", "2h"],
+            &["--tls-handshake-timeout", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        let cli = parse(&["--tls-port", "8443", "--tls-cert", "c", "--tls-key", "k"]).unwrap();
+        assert_eq!(cli.tls_port, Some(8443));
+        let e = parse(&[
+            "-p",
+            "8443",
+            "--tls-port",
+            "8443",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .unwrap()
+        .tls()
+        .unwrap_err();
+        assert!(e.starts_with("--tls-port 8443: the same port"), "{e}");
     }
 }

@@ -28,6 +28,8 @@ pub mod sim;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod udp;
 pub mod worker;
 

@@ -14,14 +14,26 @@ use clap::Parser;
 use epoll_echo::cli::Cli;
 use epoll_echo::log::{self, Level};
 use epoll_echo::restart::{self, PidFile, Restarter};
-use epoll_echo::{Server, ShutdownHandle, listeners};
+use epoll_echo::{Config, Server, ShutdownHandle, listeners};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // bad flags: message naming the flag, exit 2
     log::set_level(cli.log_level());
-    match run(&cli) {
+    #[allow(unused_mut)]
+    let mut config = cli.config();
+    // Certificate and key are loaded and checked before anything listens; a bad one is a usage
+    // error naming the flag and the file.
+    #[cfg(feature = "tls")]
+    match cli.tls() {
+        Ok(tls) => config.tls = tls,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "epoll-echo: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match run(&cli, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "epoll-echo: error: {e:#}");
@@ -30,12 +42,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> std::io::Result<()> {
+fn run(cli: &Cli, config: Config) -> std::io::Result<()> {
+    #[cfg(feature = "tls")]
+    let tls_on = config.tls.is_some();
+    #[cfg(not(feature = "tls"))]
+    let tls_on = false;
     // A graceful restart's child: take over the inherited descriptors before anything else.
     listeners::adopt_inherited()?;
     let ready = restart::adopt_ready_pipe()?;
     let restarter = Arc::new(Restarter::new());
-    let server = Server::new(cli.config())?;
+    let server = Server::new(config)?;
     // Installed before any listener binds: a signal that arrives as soon as the port accepts
     // still shuts down gracefully.
     let handle = server.shutdown_handle();
@@ -97,7 +113,7 @@ fn run(cli: &Cli) -> std::io::Result<()> {
     if log::enabled(Level::Info) {
         let _ = writeln!(
             std::io::stderr(),
-            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}{}",
+            "shutdown: accepted={} refused={} idle_closed={} bytes_in={} bytes_out={} duration={:.1}s{}{}{}",
             t.accepted,
             t.refused,
             t.idle_closed,
@@ -106,6 +122,11 @@ fn run(cli: &Cli) -> std::io::Result<()> {
             summary.duration.as_secs_f64(),
             udp_summary(cli, &t.udp), // UDP hook (#12)
             t.per_ip,                 // per-client refusals (#13)
+            if tls_on {
+                t.tls.to_string() // TLS (#11)
+            } else {
+                String::new()
+            },
         );
     }
     Ok(())

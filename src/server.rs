@@ -19,7 +19,7 @@ use crate::shared::{ReloadHook, Shared};
 use crate::stats::{self, Snapshot, WorkerStats};
 use crate::udp::UdpConfig;
 use crate::worker::per_ip::PerIpConfig;
-use crate::worker::{Worker, WorkerConfig, fds_per_worker};
+use crate::worker::{TLS_FDS_PER_WORKER, Worker, WorkerConfig, fds_per_worker};
 use crate::{listeners, log, metrics, sys};
 
 /// The largest `--max-pending`: a connection's pending output must stay within what its
@@ -65,6 +65,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// `--banner`: the template sent to each new connection; `None`: no banner.
     pub banner: Option<String>,
+    /// The TLS listener (`--tls-port`), its certificate and handshake timeout.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Default for Config {
@@ -90,6 +93,8 @@ impl Default for Config {
             udp_rate: 0,
             metrics_addr: None,
             banner: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -135,7 +140,7 @@ impl ShutdownHandle {
         for hook in hooks.iter() {
             match hook() {
                 Ok(what) => log!(Level::Info, "reload: {what}"),
-                Err(e) => log!(Level::Warn, "reload failed, keeping the old state: {e}"),
+                Err(e) => log!(Level::Error, "reload failed, keeping the old state: {e}"),
             }
         }
     }
@@ -164,6 +169,7 @@ pub struct Summary {
 pub struct Running {
     addr: SocketAddr,
     udp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     max_connections: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
@@ -200,11 +206,28 @@ impl Server {
             wakers.push(w);
         }
         let shared = Arc::new(Shared::new(wakers));
-        Ok(Server {
+        let server = Server {
             config,
             shared,
             wake_readers,
-        })
+        };
+        // SIGHUP reloads the TLS certificate and key from the same paths, for new connections;
+        // open ones keep theirs. A bad pair keeps the current one (the error names the file).
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &server.config.tls {
+            let reloader = tls.reloader.clone();
+            server.on_reload(Box::new(move || {
+                reloader
+                    .reload()
+                    .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+                Ok(format!(
+                    "reloaded TLS certificate from {} and key from {}",
+                    reloader.cert_path().display(),
+                    reloader.key_path().display()
+                ))
+            }));
+        }
+        Ok(server)
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -237,8 +260,13 @@ impl Server {
             sys::ignore_sigpipe();
         }
         let udp_fds = u64::from(config.udp_port.is_some()); // the UDP socket (#12)
-        let reserved =
-            (fds_per_worker(config.splice) + udp_fds) * config.workers as u64 + FDS_FOR_PROCESS;
+        #[cfg(feature = "tls")]
+        let tls_on = config.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls_on = false;
+        let tls_fds = if tls_on { TLS_FDS_PER_WORKER } else { 0 };
+        let reserved = (fds_per_worker(config.splice) + udp_fds + tls_fds) * config.workers as u64
+            + FDS_FOR_PROCESS;
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| nofile.saturating_sub(reserved).max(1) as usize);
@@ -253,6 +281,10 @@ impl Server {
         let host = config.host.unwrap_or_else(listeners::default_host);
         let mut addr = SocketAddr::new(host, config.port);
         let mut udp_addr = config.udp_port.map(|p| SocketAddr::new(host, p));
+        #[cfg(feature = "tls")]
+        let mut tls_addr = config.tls.as_ref().map(|t| SocketAddr::new(host, t.port));
+        #[cfg(not(feature = "tls"))]
+        let mut tls_addr: Option<SocketAddr> = None;
         let mut workers = Vec::with_capacity(config.workers);
         // The per-IP tables are global: one client's connections land on every worker.
         let per_ip = PerIpConfig {
@@ -300,6 +332,14 @@ impl Server {
                 }),
                 per_ip: per_ip.clone(),
                 banner,
+                #[cfg(feature = "tls")]
+                tls: config.tls.as_ref().zip(tls_addr).map(|(t, addr)| {
+                    crate::worker::tls::TlsWorkerConfig {
+                        addr,
+                        reloader: t.reloader.clone(),
+                        handshake_timeout: t.handshake_timeout,
+                    }
+                }),
             };
             let (tx, rx) = mpsc::channel();
             let sh = shared.clone();
@@ -307,7 +347,7 @@ impl Server {
                 .name(format!("worker-{id}"))
                 .spawn(move || match Worker::bind(cfg, sh.clone(), wake) {
                     Ok(w) => {
-                        let _ = tx.send(Ok((w.local_addr(), w.udp_addr())));
+                        let _ = tx.send(Ok((w.local_addr(), w.udp_addr(), w.tls_addr())));
                         let r = w.run();
                         if let Err(e) = &r {
                             // Never leave a half-running server: take the others down too.
@@ -331,7 +371,7 @@ impl Server {
                 Err(e) => Err(io::Error::new(e.kind(), format!("spawn worker {id}: {e}"))),
             };
             match bound {
-                Ok((a, u)) => (addr, udp_addr) = (a, u),
+                Ok((a, u, t)) => (addr, udp_addr, tls_addr) = (a, u, t),
                 Err(e) => {
                     ShutdownHandle(shared.clone()).shutdown();
                     for w in workers {
@@ -363,6 +403,17 @@ impl Server {
                 config.workers
             );
         }
+        #[cfg(feature = "tls")]
+        if let (Some(t), Some(a)) = (&config.tls, tls_addr) {
+            log!(
+                Level::Info,
+                "TLS (1.2, 1.3) on {a} with {} worker(s); certificate {}, key {}, handshake-timeout {:?}",
+                config.workers,
+                t.reloader.cert_path().display(),
+                t.reloader.key_path().display(),
+                t.handshake_timeout
+            );
+        }
         let stats_thread = config.stats_interval.filter(|d| !d.is_zero()).map(|every| {
             let (tx, rx) = mpsc::channel::<()>();
             let sh = shared.clone();
@@ -375,6 +426,7 @@ impl Server {
         Ok(Running {
             addr,
             udp_addr,
+            tls_addr,
             max_connections,
             shared,
             workers,
@@ -448,6 +500,11 @@ impl Running {
     /// The UDP echo address (with the real port when 0 was asked for); `None` without UDP.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp_addr
+    }
+
+    /// The TLS address (with the real port when 0 was asked for); `None` without TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn max_connections(&self) -> usize {

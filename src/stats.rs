@@ -16,6 +16,65 @@ pub struct Counters {
     pub bytes_out: u64,
     pub udp: UdpCounters,
     pub per_ip: PerIpCounters,
+    pub tls: TlsCounters,
+}
+
+/// TLS counters (`--tls-port`): handshakes completed, and connections that failed, by kind.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsCounters {
+    pub handshakes: u64,
+    /// The first byte was not a TLS handshake record (plaintext on the TLS port).
+    pub not_tls: u64,
+    /// The handshake was refused or broken (no common version, malformed messages).
+    pub handshake_failed: u64,
+    /// After the handshake, a record that did not decrypt or parse.
+    pub bad_record: u64,
+    /// EOF inside a record or during the handshake.
+    pub truncated: u64,
+    /// Closed by `--tls-handshake-timeout`.
+    pub handshake_timeout: u64,
+}
+
+impl TlsCounters {
+    /// Every connection that ended in a failure.
+    pub fn failures(&self) -> u64 {
+        self.not_tls
+            + self.handshake_failed
+            + self.bad_record
+            + self.truncated
+            + self.handshake_timeout
+    }
+}
+
+impl std::ops::Add for TlsCounters {
+    type Output = TlsCounters;
+    fn add(self, o: TlsCounters) -> TlsCounters {
+        TlsCounters {
+            handshakes: self.handshakes + o.handshakes,
+            not_tls: self.not_tls + o.not_tls,
+            handshake_failed: self.handshake_failed + o.handshake_failed,
+            bad_record: self.bad_record + o.bad_record,
+            truncated: self.truncated + o.truncated,
+            handshake_timeout: self.handshake_timeout + o.handshake_timeout,
+        }
+    }
+}
+
+impl std::fmt::Display for TlsCounters {
+    /// ` tls_handshakes=… tls_failures=… (not_tls=… handshake=… bad_record=… truncated=… timeout=…)`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            " tls_handshakes={} tls_failures={} (not_tls={} handshake={} bad_record={} truncated={} timeout={})",
+            self.handshakes,
+            self.failures(),
+            self.not_tls,
+            self.handshake_failed,
+            self.bad_record,
+            self.truncated,
+            self.handshake_timeout
+        )
+    }
 }
 
 /// Clients turned away by the per-client rules (#13), one count per reason. `refused` (above)
@@ -109,6 +168,7 @@ pub struct WorkerStats {
     refused_rate: AtomicU64,
     proxy_rejected: AtomicU64,
     proxy_timeout: AtomicU64,
+    tls: [AtomicU64; 6],
 }
 
 /// A point-in-time reading of one worker, or the sum of several.
@@ -125,6 +185,7 @@ pub struct Snapshot {
     pub bytes_out: u64,
     pub udp: UdpCounters,
     pub per_ip: PerIpCounters,
+    pub tls: TlsCounters,
 }
 
 impl WorkerStats {
@@ -147,6 +208,17 @@ impl WorkerStats {
         self.refused_rate.store(c.per_ip.refused_rate, Relaxed);
         self.proxy_rejected.store(c.per_ip.proxy_rejected, Relaxed);
         self.proxy_timeout.store(c.per_ip.proxy_timeout, Relaxed);
+        let t = &c.tls;
+        for (a, v) in self.tls.iter().zip([
+            t.handshakes,
+            t.not_tls,
+            t.handshake_failed,
+            t.bad_record,
+            t.truncated,
+            t.handshake_timeout,
+        ]) {
+            a.store(v, Relaxed);
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -173,6 +245,24 @@ impl WorkerStats {
                 proxy_rejected: self.proxy_rejected.load(Relaxed),
                 proxy_timeout: self.proxy_timeout.load(Relaxed),
             },
+            tls: {
+                let [
+                    handshakes,
+                    not_tls,
+                    handshake_failed,
+                    bad_record,
+                    truncated,
+                    handshake_timeout,
+                ] = self.tls.each_ref().map(|a| a.load(Relaxed));
+                TlsCounters {
+                    handshakes,
+                    not_tls,
+                    handshake_failed,
+                    bad_record,
+                    truncated,
+                    handshake_timeout,
+                }
+            },
         }
     }
 }
@@ -191,6 +281,7 @@ impl std::ops::Add for Snapshot {
             bytes_out: self.bytes_out + o.bytes_out,
             udp: self.udp + o.udp,
             per_ip: self.per_ip + o.per_ip,
+            tls: self.tls + o.tls,
         }
     }
 }

@@ -37,6 +37,12 @@ fn sim_thousands_of_seeds() {
     );
     assert!(total.shutdown_timeout > 0 && total.errors > 0, "{total:?}");
     assert!(total.bytes_echoed > 10_000_000, "{total:?}");
+    // TLS clients (the TLS stage with a rustls client as the peer): clean ends with both
+    // close_notifys and the whole echo, and handshake timeouts.
+    if cfg!(feature = "tls") {
+        assert!(total.tls_clients > 100, "{total:?}");
+        assert!(total.tls_clean > 0 && total.tls_timeouts > 0, "{total:?}");
+    }
     // The PROXY stage: headers consumed and the rest echoed, rejections, header timeouts.
     assert!(
         total.proxied_finished > 0 && total.rejected > 0 && total.header_timeouts > 0,
@@ -48,6 +54,24 @@ fn sim_thousands_of_seeds() {
         total.mss_queries > 100 && total.sub_segment_window_bytes > 100_000,
         "{total:?}"
     );
+}
+
+/// The `tls_stage` fuzz target's checks on seeded random inputs (the fuzzer explores more:
+/// `make fuzz FUZZ_TARGET=tls_stage`).
+#[cfg(feature = "tls")]
+#[test]
+fn tls_stage_fuzz_checks_on_random_inputs() {
+    let inputs: u64 = env("SIM_SEEDS").unwrap_or(2000);
+    for seed in 0..inputs {
+        let mut rng = sim::Rng::new(seed);
+        let len = (sim::Source::next(&mut rng) % 600) as usize;
+        let data: Vec<u8> = (0..len)
+            .map(|_| sim::Source::next(&mut rng) as u8)
+            .collect();
+        if let Err(e) = sim::tls::fuzz_stage(&data) {
+            panic!("input of seed {seed} ({len} bytes): {e}");
+        }
+    }
 }
 
 /// One seed (`SIM_SEED`, default 1) — the replay of a failure.

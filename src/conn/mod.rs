@@ -59,6 +59,8 @@
 mod pending;
 pub mod proxy_stage;
 mod stage;
+#[cfg(feature = "tls")]
+pub mod tls_stage;
 
 use std::fmt;
 use std::io::ErrorKind;
@@ -260,8 +262,9 @@ pub enum CloseReason {
     Quiet,
     /// Shutting down, and `--shutdown-timeout` passed.
     ShutdownTimeout,
-    /// A stage did not finish by its deadline (`--proxy-header-timeout`).
-    StageTimeout,
+    /// A stage did not finish by its deadline (`--proxy-header-timeout`,
+    /// `--tls-handshake-timeout`); the stage's reason ([`Stage::deadline_reason`]).
+    StageTimeout(&'static str),
 }
 
 impl fmt::Display for CloseReason {
@@ -273,7 +276,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Idle => f.write_str("idle timeout"),
             CloseReason::Quiet => f.write_str("quiet at shutdown"),
             CloseReason::ShutdownTimeout => f.write_str("shutdown timeout"),
-            CloseReason::StageTimeout => f.write_str("header timeout"),
+            CloseReason::StageTimeout(why) => f.write_str(why),
         }
     }
 }
@@ -378,9 +381,28 @@ impl Conn {
         }
     }
 
-    /// The tick by which the stages in front must have finished (the header timeout), if any.
+    /// The tick by which the stages in front must have finished (a PROXY header, a TLS
+    /// handshake), if any.
     pub fn deadline(&self) -> Option<Tick> {
         self.layers.as_ref().and_then(|l| l.deadline())
+    }
+
+    /// The reason of the stage whose deadline has passed at `now`, if one has.
+    pub fn timed_out(&self, now: Tick) -> Option<&'static str> {
+        self.layers.as_ref().and_then(|l| l.timed_out(now))
+    }
+
+    /// The server is closing this connection (idle timeout, shutdown drain): the bytes its
+    /// stages want sent last (a TLS close_notify), for one best-effort send. Empty for a plain
+    /// connection, and when output is still pending (it would not get through anyway).
+    pub fn goodbye(&mut self) -> &[u8] {
+        if let Some(layers) = self.layers.as_mut()
+            && self.pending.is_empty()
+        {
+            layers.close(&mut self.pending);
+            return self.pending.as_slice();
+        }
+        &[]
     }
 
     /// Queues bytes to send before any echo (a banner). Sent on the first writable edge.
@@ -416,6 +438,12 @@ impl Conn {
     /// The socket took everything offered since the last writable edge.
     pub fn is_writable(&self) -> bool {
         self.has(flag::WRITABLE)
+    }
+
+    /// A stage finished the input (a TLS close or failure): nothing more is read, the pending
+    /// output is sent, then the connection closes.
+    pub fn is_finishing(&self) -> bool {
+        self.has(flag::FINISHING)
     }
 
     /// The peer's EOF was read.
@@ -508,7 +536,8 @@ impl Conn {
                 return Action::Splice;
             }
             // A full read made this a bulk stream: size its reads to the path, once per phase.
-            if self.has(flag::BULK) && !self.has(flag::SIZED) {
+            // Not behind a stage: a TLS stage's records, not its reads, size what it sends.
+            if self.has(flag::BULK) && !self.has(flag::SIZED) && self.layers.is_none() {
                 return Action::QueryMss;
             }
             return Action::Read;

@@ -13,6 +13,9 @@
 
 use std::sync::Arc;
 
+/// The close reason of a connection whose PROXY header did not arrive in time.
+pub const HEADER_TIMEOUT: &str = "header timeout";
+
 use super::Tick;
 use super::pending::Pending;
 use super::stage::{Client, Flow, Stage};
@@ -85,6 +88,10 @@ impl Stage for ProxyStage {
 
     fn client(&self) -> Option<Client> {
         self.client
+    }
+
+    fn deadline_reason(&self) -> &'static str {
+        HEADER_TIMEOUT
     }
 
     fn deadline(&self) -> Option<Tick> {

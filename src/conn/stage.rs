@@ -66,6 +66,18 @@ pub trait Stage: Send + fmt::Debug {
     fn deadline(&self) -> Option<Tick> {
         None
     }
+
+    /// Why the connection is closed when [`Stage::deadline`] passes (the close reason and the
+    /// log text: "header timeout", "TLS handshake timeout").
+    fn deadline_reason(&self) -> &'static str {
+        "stage timeout"
+    }
+
+    /// The server is closing the connection (idle timeout, shutdown drain): queue any last
+    /// words (a TLS close_notify). Sent at most once, best effort, if nothing else is pending.
+    fn on_close(&mut self, out: &mut Pending) {
+        let _ = out;
+    }
 }
 
 /// The stages of one connection, first to see the input first. Boxed, so a plain connection
@@ -130,6 +142,20 @@ impl Layers {
             }
         }
         Flow::Pass(off)
+    }
+
+    /// The reason of the first stage whose deadline has passed at `now`.
+    pub(super) fn timed_out(&self, now: Tick) -> Option<&'static str> {
+        self.stages
+            .iter()
+            .find(|s| s.deadline().is_some_and(|d| d <= now))
+            .map(|s| s.deadline_reason())
+    }
+
+    pub(super) fn close(&mut self, out: &mut Pending) {
+        for stage in &mut self.stages {
+            stage.on_close(out);
+        }
     }
 
     pub(super) fn eof(&mut self, out: &mut Pending) -> Flow {

@@ -29,6 +29,8 @@
 //! sim_one` replays it exactly.
 
 pub mod model;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::time::Duration;
 
@@ -149,6 +151,11 @@ pub struct Report {
     /// client's segment size.
     pub mss_queries: u64,
     pub sub_segment_window_bytes: u64,
+    /// TLS clients, the ones that ended with both close_notifys and their whole echo, and the
+    /// ones closed by the handshake timeout.
+    pub tls_clients: usize,
+    pub tls_clean: usize,
+    pub tls_timeouts: usize,
 }
 
 impl std::ops::AddAssign for Report {
@@ -167,6 +174,9 @@ impl std::ops::AddAssign for Report {
         self.proxied_finished += o.proxied_finished;
         self.mss_queries += o.mss_queries;
         self.sub_segment_window_bytes += o.sub_segment_window_bytes;
+        self.tls_clients += o.tls_clients;
+        self.tls_clean += o.tls_clean;
+        self.tls_timeouts += o.tls_timeouts;
     }
 }
 
@@ -189,6 +199,10 @@ struct World {
     /// `--proxy-protocol`: every connection starts with a PROXY stage whose header must be
     /// whole within this many ticks.
     proxy: Option<u64>,
+    /// TLS clients are accepted (a share of them), with this handshake timeout.
+    tls: Option<Duration>,
+    #[cfg(feature = "tls")]
+    tally: std::sync::Arc<crate::conn::tls_stage::TlsTally>,
     report: Report,
     step: usize,
 }
@@ -225,6 +239,17 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
         budget,
         splice,
     };
+    let tls = (cfg!(feature = "tls") && chance(src, 50)).then(|| {
+        pick(
+            src,
+            &[
+                TICK,
+                TICK * 5,
+                Duration::from_secs(3),
+                Duration::from_secs(10),
+            ],
+        )
+    });
     let mut w = World {
         proxy,
         conns: Conns::new(params, idle),
@@ -239,13 +264,16 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
         drain_start: None,
         broken_pipe_peer: None,
         max_stream: (read_len as u64 * 3000).min(8 << 20),
+        tls,
+        #[cfg(feature = "tls")]
+        tally: Default::default(),
         report: Report::default(),
         step: 0,
     };
     let ctx = |w: &World, e: String| {
         format!(
-            "step {}: {e} [read_len={} budget={} max_pending={} splice={} idle={:?} shutdown_timeout={:?} proxy_timeout_ticks={:?}]",
-            w.step, read_len, budget, max_pending, splice, idle, shutdown_timeout, proxy
+            "step {}: {e} [read_len={} budget={} max_pending={} splice={} idle={:?} shutdown_timeout={:?} proxy_timeout_ticks={:?} tls={:?}]",
+            w.step, read_len, budget, max_pending, splice, idle, shutdown_timeout, proxy, tls
         )
     };
     for step in 0..steps {
@@ -291,9 +319,71 @@ impl World {
             self.report.proxied += 1;
         }
         peer.mss = pick_mss(src);
+        // TLS clients in runs without --proxy-protocol (PROXY → TLS is covered by the tests
+        // of the real binary).
+        #[cfg(feature = "tls")]
+        if self.proxy.is_none()
+            && let Some(timeout) = self.tls
+            && chance(src, 60)
+        {
+            use crate::conn::tls_stage::TlsStage;
+            // The worker's deadline: a whole timeout after the end of the accept tick.
+            let at = u64::from(self.now)
+                .saturating_add(ticks_ceil(timeout))
+                .saturating_add(1)
+                .min(u64::from(u32::MAX)) as u32;
+            let stage = TlsStage::new(
+                tls::server_config(),
+                self.params.max_pending,
+                at,
+                self.tally.clone(),
+            )
+            .expect("TLS session");
+            conn.push_stage(Box::new(stage));
+            peer.tls = Some(tls::TlsPeer::new(chance(src, 50)));
+            self.report.tls_clients += 1;
+        }
         self.peers.push(peer);
         let idx = self.conns.insert(id, conn);
         self.slot.push(Some(idx));
+        // Some of a TLS client's ClientHello, or none yet (a slow or silent client).
+        let k = below(src, 600) as usize;
+        self.deliver(id as usize, k, false);
+    }
+
+    /// Moves up to `k` bytes of a TLS client's ciphertext onto the wire (into the server's
+    /// receive queue), as `urgent` if asked. Nothing for a plain client.
+    fn deliver(&mut self, p: usize, k: usize, urgent: bool) {
+        #[cfg(feature = "tls")]
+        {
+            let peer = &mut self.peers[p];
+            if let Some(t) = peer.tls.as_mut() {
+                let n = t.deliver(k);
+                peer.write(n as u64, urgent);
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = (p, k, urgent);
+    }
+
+    /// A TLS client stops sending: what it has goes out, then maybe its close_notify, then
+    /// its FIN.
+    fn tls_shutdown(&mut self, p: usize, close_notify: bool) {
+        #[cfg(feature = "tls")]
+        {
+            let peer = &mut self.peers[p];
+            let (shut, reset) = (peer.shut_wr, peer.reset);
+            let Some(t) = peer.tls.as_mut() else { return };
+            if !shut && !reset && !t.sent_close_notify {
+                t.shut_while_handshaking = t.is_handshaking();
+            }
+            if close_notify {
+                t.send_close_notify();
+            }
+            self.deliver(p, usize::MAX, false);
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = (p, close_notify);
     }
 
     /// One to three things the clients (or the clock, or the operator) do.
@@ -317,7 +407,27 @@ impl World {
                             _ => 300_000 + below(src, 1 << 20),
                         };
                         let n = n.min(self.max_stream.saturating_sub(peer.sent));
-                        peer.write(n, chance(src, 10));
+                        let urgent = chance(src, 10);
+                        if peer.is_tls() {
+                            #[cfg(feature = "tls")]
+                            if let Some(t) = peer.tls.as_mut()
+                                && !peer.shut_wr
+                                && !peer.reset
+                            {
+                                // The ciphertext stays within the stream limit too.
+                                let room = self.max_stream.saturating_sub(t.wire_bound() + 32);
+                                t.write_plain(peer.id, n.min(room));
+                            }
+                            // Any part of what the client has: records split anywhere.
+                            let k = match below(src, 4) {
+                                0 => 1 + below(src, 10) as usize,
+                                1 => 1 + below(src, 2000) as usize,
+                                _ => usize::MAX,
+                            };
+                            self.deliver(p, k, urgent);
+                        } else {
+                            peer.write(n, urgent);
+                        }
                     }
                     40..58 => {
                         if !peer.stalled_reader {
@@ -329,7 +439,24 @@ impl World {
                             peer.read_echo(n);
                         }
                     }
-                    58..61 => peer.shutdown_write(),
+                    58..61 => {
+                        // A TLS client: close_notify and wait for the server to close (half of
+                        // the time), close_notify and FIN, or a bare FIN.
+                        let (notify, fin) = match (peer.is_tls(), below(src, 4)) {
+                            (false, _) => (false, true),
+                            (true, 0 | 1) => (true, false),
+                            (true, 2) => (true, true),
+                            (true, _) => (false, true),
+                        };
+                        if self.peers[p].is_tls() {
+                            self.tls_shutdown(p, notify);
+                        }
+                        if fin {
+                            self.peers[p].shutdown_write();
+                        }
+                    }
+                    // Fewer resets for TLS clients, so that more live to a clean end.
+                    61..64 if peer.is_tls() && !chance(src, 20) => {}
                     61..62 => peer.reset(),
                     62..64 => peer.reset_before_send = true,
                     72..76 => {
@@ -440,8 +567,9 @@ impl World {
         self.report.bytes_echoed += moved.written;
         self.conns.on_timers(self.now, &mut record);
         self.conns.end_batch();
-        for (id, conn, why) in closed {
+        for (id, mut conn, why) in closed {
             self.on_closed(id, &conn, why)?;
+            self.goodbye(id, &mut conn, why)?;
         }
         self.check()
     }
@@ -454,6 +582,22 @@ impl World {
         p.closed = Some(why);
         let silent = now - u64::from(p.last_io).min(now);
         match why {
+            CloseReason::Finished if p.is_tls() => {
+                self.report.finished += 1;
+                #[cfg(feature = "tls")]
+                if let Some(t) = &p.tls {
+                    // A client that stopped mid-handshake is a truncation: closed, unechoed.
+                    if !t.shut_while_handshaking && (p.shut_wr || t.sent_close_notify) && !p.reset {
+                        if t.plain_echoed != t.plain_written || !t.got_close_notify {
+                            return Err(format!(
+                                "TLS client {id} closed as finished: wrote {} echoed {} close_notify back {}",
+                                t.plain_written, t.plain_echoed, t.got_close_notify
+                            ));
+                        }
+                        self.report.tls_clean += 1;
+                    }
+                }
+            }
             CloseReason::Finished => {
                 self.report.finished += 1;
                 if p.admitted {
@@ -503,7 +647,7 @@ impl World {
                     ));
                 }
             }
-            CloseReason::StageTimeout => {
+            CloseReason::StageTimeout(r) if r == crate::conn::proxy_stage::HEADER_TIMEOUT => {
                 self.report.header_timeouts += 1;
                 let due = self
                     .proxy
@@ -513,6 +657,20 @@ impl World {
                     return Err(format!(
                         "client {id} closed by the header timeout at tick {now} (due {due}), admitted={}, echoed {}",
                         p.admitted, p.echoed
+                    ));
+                }
+            }
+            CloseReason::StageTimeout(what) => {
+                let Some(timeout) = self.tls.filter(|_| p.is_tls()) else {
+                    return Err(format!(
+                        "client {id} closed by a stage deadline ({what}) without a stage"
+                    ));
+                };
+                self.report.tls_timeouts += 1;
+                let due = u64::from(p.accepted_at) + ticks_ceil(timeout) + 1;
+                if now < due {
+                    return Err(format!(
+                        "client {id} closed by {what} at tick {now}, before its deadline {due}"
                     ));
                 }
             }
@@ -532,7 +690,7 @@ impl World {
                     || silent < need
                     || p.queued() > 0
                     || conn.pending_len() > 0
-                    || p.echoed != p.payload_read()
+                    || (!p.is_tls() && p.echoed != p.payload_read())
                 {
                     return Err(format!(
                         "client {id} closed as quiet while busy: silent {silent} tick(s) (need {need}), {} unread, {} pending, draining={}",
@@ -555,6 +713,71 @@ impl World {
         Ok(())
     }
 
+    fn tls_both_closed(&self, p: usize) -> bool {
+        #[cfg(feature = "tls")]
+        return self.peers[p]
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.sent_close_notify && t.got_close_notify);
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = p;
+            false
+        }
+    }
+
+    fn tls_notified(&self, p: usize) -> bool {
+        #[cfg(feature = "tls")]
+        return self.peers[p]
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.sent_close_notify);
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = p;
+            false
+        }
+    }
+
+    fn tls_handshaking(&self, p: usize) -> bool {
+        #[cfg(feature = "tls")]
+        return self.peers[p]
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.is_handshaking());
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = p;
+            false
+        }
+    }
+
+    /// As the worker does when it ends a connection: the stages' last words (a TLS
+    /// close_notify), one send; the client must read it as a clean end.
+    fn goodbye(&mut self, id: u32, conn: &mut Conn, why: CloseReason) -> Result<(), String> {
+        if matches!(
+            why,
+            CloseReason::Idle | CloseReason::Quiet | CloseReason::ShutdownTimeout
+        ) {
+            let bye = conn.goodbye().to_vec();
+            let reset = self.peers[id as usize].reset;
+            #[cfg(feature = "tls")]
+            if let Some(t) = self.peers[id as usize].tls.as_mut()
+                && !bye.is_empty()
+                && !reset
+            {
+                t.receive(id, &bye)?;
+                if !t.got_close_notify {
+                    return Err(format!(
+                        "client {id}: the server's goodbye is no close_notify"
+                    ));
+                }
+            }
+            let _ = (bye, reset);
+        }
+        Ok(())
+    }
+
     /// The invariants that must hold after every pass.
     fn check(&self) -> Result<(), String> {
         self.conns.table().check()?;
@@ -564,8 +787,12 @@ impl World {
             }
         }
         let cap = self.params.max_pending + self.params.read_len.max(SPLICE_LEN);
+        // TLS: one read may complete a whole record (16 KiB + overhead) and the handshake
+        // flight goes out too.
+        let tls_cap = cap + 24 * 1024;
         for (p, slot) in self.slot.iter().enumerate() {
             let Some(idx) = *slot else { continue };
+            let cap = if self.peers[p].is_tls() { tls_cap } else { cap };
             let (_, conn) = self
                 .conns
                 .table()
@@ -612,7 +839,10 @@ impl World {
                 .ok_or("a peer's slot is empty")?;
             let unread = peer.queued() > 0 || (peer.shut_wr && !conn.saw_eof()) || peer.reset;
             let pending = conn.pending_len();
-            let what = if unread && !conn.is_backpressured(self.params.max_pending) {
+            let what = if unread
+                && !conn.is_finishing()
+                && !conn.is_backpressured(self.params.max_pending)
+            {
                 Some("readable input")
             } else if pending > 0 && peer.window() > 0 {
                 Some("output the socket would take")
@@ -620,6 +850,8 @@ impl World {
                 Some("output, and no EPOLLOUT edge will come")
             } else if conn.saw_eof() && pending == 0 {
                 Some("a finished stream")
+            } else if self.tls_both_closed(p) && pending == 0 {
+                Some("a finished TLS session (both close_notifys sent)")
             } else {
                 None
             };
@@ -639,13 +871,16 @@ impl World {
     /// The end: every client stops sending (half-close), reads everything; each must be served
     /// to the end in a bounded number of passes.
     fn finish(&mut self, src: &mut impl Source) -> Result<(), String> {
-        for p in &mut self.peers {
-            p.stalled_reader = false;
-            p.shutdown_write();
+        for p in 0..self.peers.len() {
+            self.peers[p].stalled_reader = false;
+            if !self.peers[p].is_tls() {
+                self.peers[p].shutdown_write();
+            }
         }
         let mut rounds = 0u64;
         // Each pass echoes at least min(budget, window) bytes of each stream (windows ≥ 100).
-        let limit = 1000 + 2 * self.max_stream / self.params.budget.clamp(1, 100) as u64;
+        // (+ a TLS handshake's few KiB.)
+        let limit = 1000 + 2 * (self.max_stream + 8192) / self.params.budget.clamp(1, 100) as u64;
         while !self.open_peers().is_empty() {
             rounds += 1;
             if rounds > limit {
@@ -668,6 +903,20 @@ impl World {
             }
             for p in self.open_peers() {
                 self.peers[p].read_echo(usize::MAX);
+                // A TLS client sends what it has; once its handshake is done (or it has
+                // tried for a while), its close_notify (or not) and its FIN.
+                // With close_notify it then waits for the server to close: no FIN (a client
+                // that waits for the server's close must not hang).
+                if self.peers[p].is_tls() && !self.peers[p].shut_wr && !self.tls_notified(p) {
+                    self.deliver(p, usize::MAX, false);
+                    if !self.tls_handshaking(p) || rounds > 200 {
+                        let notify = chance(src, 50);
+                        self.tls_shutdown(p, notify);
+                        if !notify {
+                            self.peers[p].shutdown_write();
+                        }
+                    }
+                }
             }
             self.pass(src)?;
             if !self.conns.has_queued() {
@@ -676,7 +925,7 @@ impl World {
         }
         for p in &self.peers {
             let served = matches!(p.closed, Some(CloseReason::Finished | CloseReason::Quiet));
-            if served && !p.reset && p.echoed != p.payload_read() {
+            if served && !p.reset && !p.is_tls() && p.echoed != p.payload_read() {
                 return Err(format!(
                     "client {}: {} byte(s) read but never echoed",
                     p.id,
@@ -685,7 +934,7 @@ impl World {
             }
             let rejected = matches!(
                 p.closed,
-                Some(CloseReason::Rejected(_) | CloseReason::StageTimeout)
+                Some(CloseReason::Rejected(_) | CloseReason::StageTimeout(_))
             );
             // (A connection that must be rejected may still end otherwise before its header
             // is decided: idle, drained, reset. A Finished one is caught in `on_closed`.)

@@ -95,6 +95,10 @@ pub struct Peer {
     pub stalled_reader: bool,
     /// The first broken invariant seen by this socket (echo order, pipe contents).
     pub first_violation: Option<String>,
+    /// A TLS client: the receive queue holds its ciphertext, and the echo is checked after
+    /// decryption (see `sim::tls`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<super::tls::TlsPeer>,
     /// With a PROXY stage: the bytes the stream starts with (a header, valid or not).
     pub header: Vec<u8>,
     /// Bytes at the start of the stream that must never be echoed: a valid header's length,
@@ -142,6 +146,8 @@ impl Peer {
             closed: None,
             stalled_reader: false,
             first_violation: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             header: Vec::new(),
             skip: 0,
             refuse: false,
@@ -177,6 +183,14 @@ impl Peer {
     /// Payload bytes (after the header) the client has written.
     pub fn payload_sent(&self) -> u64 {
         self.sent.saturating_sub(self.skip)
+    }
+
+    /// A TLS client.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     /// Bytes in the receive queue.
@@ -234,7 +248,7 @@ impl Peer {
         }
     }
 
-    fn violation(&mut self, what: String) {
+    pub fn violation(&mut self, what: String) {
         if self.first_violation.is_none() {
             self.first_violation = Some(what);
         }
@@ -266,7 +280,16 @@ impl Peer {
     /// Accepts echo bytes, checking them against the stream.
     fn accept_echo(&mut self, data: &[u8], now: u32) {
         let end = self.echoed + data.len() as u64;
-        if self.refuse || self.skip == u64::MAX {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            // Ciphertext: the client decrypts it and checks the plaintext.
+            if let Err(e) = tls.receive(self.id, data) {
+                self.violation(e);
+            }
+        }
+        if self.is_tls() {
+            // Checked above, after decryption.
+        } else if self.refuse || self.skip == u64::MAX {
             self.violation(format!(
                 "client {}: {} byte(s) sent to a connection that must be rejected (refuse={})",
                 self.id,
@@ -353,6 +376,12 @@ impl Socket for SimSocket<'_> {
         if n == buf.len() {
             p.full_reads += 1;
         }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = p.tls.as_mut() {
+            tls.take(&mut buf[..n]);
+            p.take(n, self.now);
+            return Ok(n);
+        }
         p.fill_raw(p.read_pos, &mut buf[..n]);
         p.take(n, self.now);
         Ok(n)
@@ -405,6 +434,9 @@ impl Socket for SimSocket<'_> {
             return Err(err(ErrorKind::Unsupported));
         };
         let p = &mut *self.peer;
+        if p.is_tls() {
+            p.violation(format!("client {}: a TLS connection was spliced", p.id));
+        }
         if !pipe.is_empty() {
             p.violation(format!(
                 "client {}: splice found {} byte(s) left in the pipe",

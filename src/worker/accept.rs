@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::throttle::Throttled;
-use super::{ACCEPT_BATCH, Token, Worker};
+use super::{ACCEPT_BATCH, Listen, Token, Worker};
 use crate::conn::{Conn, ProxyStage, Tick, ticks_ceil};
 use crate::log::Level;
 use crate::{log, sys};
@@ -102,44 +102,71 @@ impl Acceptor {
     }
 }
 
+/// The acceptor of listener `l` (a function of the two fields, so the rest of the worker
+/// stays borrowable beside it).
+fn acceptor<'a>(
+    plain: &'a mut Acceptor,
+    tls: &'a mut Option<Acceptor>,
+    l: Listen,
+) -> Option<&'a mut Acceptor> {
+    match l {
+        Listen::Plain => Some(plain),
+        Listen::Tls => tls.as_mut(),
+    }
+}
+
 impl Worker {
-    pub(super) fn accept_batch(&mut self) {
+    pub(super) fn accept_batch(&mut self, l: Listen) {
         for _ in 0..ACCEPT_BATCH {
-            let Some(listener) = self.acceptor.listener.as_ref() else {
+            let Some(a) = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l) else {
+                return;
+            };
+            let Some(listener) = a.listener.as_ref() else {
                 return;
             };
             match sys::accept_with_peer(listener.as_fd()) {
-                Ok((fd, peer)) => self.admit(fd, peer),
+                Ok((fd, peer)) => self.admit(fd, peer, l),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if sys::is_out_of_fds(&e) => return self.out_of_fds(&e),
+                Err(e) if sys::is_out_of_fds(&e) => return self.out_of_fds(&e, l),
                 Err(e) if sys::is_transient_accept_error(&e) => continue,
                 Err(e) => {
                     // Unexpected: say so (rate-limited) and rest the listener rather than
                     // have the level-triggered listener report the same failure in a loop.
-                    if let Some(n) = self.acceptor.accept_errors.hit(self.clock.now) {
-                        log!(
-                            Level::Warn,
-                            "accept on {}: {e} ({n} time(s))",
-                            self.acceptor.local_addr
-                        );
+                    if let Some(n) = a.accept_errors.hit(self.clock.now) {
+                        log!(Level::Warn, "accept on {}: {e} ({n} time(s))", a.local_addr);
                     }
-                    return self.pause_listener();
+                    return self.pause_listener(l);
                 }
             }
         }
     }
 
-    /// Counts, configures, registers and stores one accepted client — or refuses it.
-    fn admit(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
+    /// Counts, configures, registers and stores one accepted client — or refuses it. The
+    /// same rules for both listeners; a TLS client's connection gets its TLS stage.
+    fn admit(&mut self, fd: OwnedFd, peer: Option<SocketAddr>, l: Listen) {
         self.counters.accepted += 1;
         if !self.shared.try_admit(self.cfg.max_connections) {
             drop(fd); // the client sees the connection close at once
             self.counters.refused += 1;
-            if let Some(n) = self.acceptor.refusals.hit(self.clock.now) {
+            let a = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l);
+            if let Some(n) = a.and_then(|a| a.refusals.hit(self.clock.now)) {
                 self.log_refusals(n);
             }
             return;
         }
+        // The TLS session first: it is the one step here that can fail on its own.
+        #[cfg(feature = "tls")]
+        let tls_stage = match self.tls.as_mut().filter(|_| l == Listen::Tls) {
+            Some(tls) => match tls.stage(self.clock.tick, self.cfg.max_pending) {
+                Ok(stage) => Some(stage),
+                Err(e) => {
+                    log!(Level::Warn, "TLS session: {e}");
+                    self.shared.release();
+                    return;
+                }
+            },
+            None => None,
+        };
         // Per-client rules (#13); with --proxy-protocol they wait for the header's client.
         if self.per_ip.at_accept()
             && let Some(peer) = peer
@@ -171,6 +198,8 @@ impl Worker {
             log!(Level::Debug, "accept {peer}");
         }
         let mut conn = Conn::new(self.clock.tick);
+        // The banner is plain text: not on the TLS port, where it would break the handshake.
+        let banner = self.cfg.banner.clone().filter(|_| l == Listen::Plain);
         if let Some(timeout) = self.per_ip.proxy() {
             // The header must be whole a whole timeout after the end of this tick.
             let deadline = u64::from(self.clock.tick)
@@ -178,9 +207,14 @@ impl Worker {
                 .saturating_add(1)
                 .min(u64::from(Tick::MAX)) as Tick;
             // The banner goes out once the header is whole (and the client admitted).
-            conn.push_stage(Box::new(ProxyStage::new(deadline, self.cfg.banner.clone())));
-        } else if let Some(banner) = &self.cfg.banner {
+            conn.push_stage(Box::new(ProxyStage::new(deadline, banner)));
+        } else if let Some(banner) = &banner {
             conn.queue_output(banner); // sent on the first writable edge, before any echo
+        }
+        // The stages in order: PROXY header → TLS.
+        #[cfg(feature = "tls")]
+        if let Some(stage) = tls_stage {
+            conn.push_stage(Box::new(stage));
         }
         let stored = self.conns.insert(fd, conn);
         debug_assert_eq!(stored, idx);
@@ -197,9 +231,11 @@ impl Worker {
     /// accept failed for lack of descriptors: give the reserve descriptor back to accept one
     /// waiting client and close it at once (so it does not hang in the backlog), then take the
     /// reserve again. If even that fails, rest the listener briefly instead of spinning.
-    fn out_of_fds(&mut self, e: &io::Error) {
+    fn out_of_fds(&mut self, e: &io::Error, l: Listen) {
         let mut shed = false;
-        let a = &mut self.acceptor;
+        let Some(a) = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l) else {
+            return;
+        };
         if let (Some(reserve), Some(listener)) = (a.reserve.take(), a.listener.as_ref()) {
             drop(reserve);
             if let Ok(client) = sys::accept(listener.as_fd()) {
@@ -218,40 +254,54 @@ impl Worker {
             );
         }
         if !shed || a.reserve.is_none() {
-            self.pause_listener();
+            self.pause_listener(l);
         }
     }
 
     /// Stops watching the listener for [`ACCEPT_PAUSE`]; `accept_timers` resumes it.
-    fn pause_listener(&mut self) {
-        if let Some(listener) = self.acceptor.listener.as_ref() {
+    fn pause_listener(&mut self, l: Listen) {
+        let Some(a) = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l) else {
+            return;
+        };
+        if let Some(listener) = a.listener.as_ref() {
             let _ = self
                 .epoll
-                .modify(listener.as_fd(), 0, Token::Listener.encode());
+                .modify(listener.as_fd(), 0, Token::Listener(l).encode());
         }
-        self.acceptor.paused_until = Some(self.clock.now + ACCEPT_PAUSE);
+        a.paused_until = Some(self.clock.now + ACCEPT_PAUSE);
     }
 
-    /// Ends a listener pause that is over; prints held-back warnings that are due.
+    /// Ends listener pauses that are over; prints held-back warnings that are due.
     pub(super) fn accept_timers(&mut self) {
+        self.listener_timers(Listen::Plain);
+        self.listener_timers(Listen::Tls);
+    }
+
+    fn listener_timers(&mut self, l: Listen) {
         let now = self.clock.now;
-        if let Some(until) = self.acceptor.paused_until
+        let Some(a) = acceptor(&mut self.acceptor, &mut self.tls_acceptor, l) else {
+            return;
+        };
+        if let Some(until) = a.paused_until
             && now >= until
         {
-            self.acceptor.paused_until = None;
-            if self.acceptor.reserve.is_none() {
-                self.acceptor.reserve = sys::eventfd().ok();
+            a.paused_until = None;
+            if a.reserve.is_none() {
+                a.reserve = sys::eventfd().ok();
             }
-            if let Some(listener) = self.acceptor.listener.as_ref() {
-                let _ = self
-                    .epoll
-                    .modify(listener.as_fd(), sys::EPOLLIN, Token::Listener.encode());
+            if let Some(listener) = a.listener.as_ref() {
+                let _ =
+                    self.epoll
+                        .modify(listener.as_fd(), sys::EPOLLIN, Token::Listener(l).encode());
             }
         }
-        if let Some(n) = self.acceptor.refusals.due(now) {
-            self.log_refusals(n);
+        if let Some(n) = a.refusals.due(now) {
+            log!(
+                Level::Warn,
+                "refused {n} connection(s) since the last report: --max-connections {} reached",
+                self.cfg.max_connections
+            );
         }
-        let a = &mut self.acceptor;
         if let Some(n) = a.accept_errors.due(now) {
             log!(
                 Level::Warn,

@@ -2,7 +2,8 @@
 //! and the drain — without fds: the event loop passes in how to serve one connection and what
 //! to do with a closed one, and the simulator passes in fakes. Generic over the socket handle.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use super::drain::Drain;
@@ -27,11 +28,11 @@ pub struct Conns<S> {
     params: Params,
     idle: IdleTimeout,
     drain: Option<Drain>,
-    /// Connections whose stage has a deadline (the PROXY header timeout), in deadline order:
-    /// every such stage gets the same timeout, so they arrive in order. An entry whose slot no
-    /// longer holds a connection with that deadline (the stage finished, the connection
-    /// closed) is dropped when it comes up.
-    deadlines: VecDeque<(u32, Tick)>,
+    /// Stage deadlines (`--proxy-header-timeout`, `--tls-handshake-timeout`): (tick, slot),
+    /// earliest first — a heap, since the timeouts differ. An entry is checked against the
+    /// connection when it comes due (the stage may be done, the slot reused), so nothing is
+    /// removed early; there is one entry per connection accepted within the longest timeout.
+    deadlines: BinaryHeap<Reverse<(Tick, u32)>>,
 }
 
 impl<S> Conns<S> {
@@ -42,7 +43,7 @@ impl<S> Conns<S> {
             params,
             idle: IdleTimeout::new(idle_timeout),
             drain: None,
-            deadlines: VecDeque::new(),
+            deadlines: BinaryHeap::new(),
         }
     }
 
@@ -63,13 +64,12 @@ impl<S> Conns<S> {
         self.table.next_index()
     }
 
-    /// Stores a newly accepted connection.
+    /// Stores a newly accepted connection (with its stages: their deadline is armed here).
     pub fn insert(&mut self, sock: S, conn: Conn) -> u32 {
         let deadline = conn.deadline();
         let idx = self.table.insert(sock, conn);
         if let Some(d) = deadline {
-            debug_assert!(self.deadlines.back().is_none_or(|&(_, b)| b <= d));
-            self.deadlines.push_back((idx, d));
+            self.deadlines.push(Reverse((d, idx)));
         }
         idx
     }
@@ -160,20 +160,9 @@ impl<S> Conns<S> {
     /// Closes idle connections and, while draining, quiet or timed-out ones. Returns how many
     /// were closed by the shutdown timeout.
     pub fn on_timers(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) -> usize {
+        self.expire_deadlines(now, closed);
         for idx in self.idle.expired(&self.table, now) {
             self.close(idx, CloseReason::Idle, closed);
-        }
-        while let Some(&(idx, d)) = self.deadlines.front()
-            && d <= now
-        {
-            self.deadlines.pop_front();
-            let due = self
-                .table
-                .get(idx)
-                .is_some_and(|(_, c)| c.deadline() == Some(d));
-            if due {
-                self.close(idx, CloseReason::StageTimeout, closed);
-            }
         }
         let Some(drain) = &self.drain else {
             return 0;
@@ -189,11 +178,33 @@ impl<S> Conns<S> {
         timed_out
     }
 
+    /// Closes connections whose stage deadline has passed ([`crate::conn::Stage::deadline`]).
+    fn expire_deadlines(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) {
+        while let Some(&Reverse((at, idx))) = self.deadlines.peek() {
+            if at > now {
+                return;
+            }
+            self.deadlines.pop();
+            // The slot may hold the same connection (done or not), a newer one, or none.
+            let Some((_, conn)) = self.table.get(idx) else {
+                continue;
+            };
+            if let Some(why) = conn.timed_out(now) {
+                self.close(idx, CloseReason::StageTimeout(why), closed);
+            } else if let Some(d) = conn.deadline() {
+                // A later deadline (the next stage's — a TLS handshake after a PROXY header —
+                // or a newer connection's in a reused slot, which then has two entries; the
+                // second finds nothing to do).
+                self.deadlines.push(Reverse((d, idx)));
+            }
+        }
+    }
+
     /// The next tick a timer is due, if any.
     pub fn next_deadline(&self, now: Tick) -> Option<u64> {
         [
+            self.deadlines.peek().map(|Reverse((at, _))| u64::from(*at)),
             self.idle.next_deadline(&self.table),
-            self.deadlines.front().map(|&(_, d)| u64::from(d)),
             self.drain
                 .as_ref()
                 .map(|d| d.next_deadline(&self.table, now)),

@@ -8,12 +8,18 @@ use std::time::Duration;
 use super::per_ip::{OVER_CONNS, OVER_RATE, PerIp};
 use super::service::{self, FdSocket};
 use super::{Token, Worker};
-use crate::conn::proxy_stage::is_proxy_reason;
+use crate::conn::proxy_stage::{HEADER_TIMEOUT, is_proxy_reason};
 use crate::conn::{CloseReason, Conn, Readiness};
 use crate::log::Level;
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::udp::Turn;
+
+#[cfg(feature = "tls")]
+use crate::conn::tls_stage::TlsTally;
+/// Without TLS there are no TLS counters.
+#[cfg(not(feature = "tls"))]
+enum TlsTally {}
 use crate::{log, sys};
 
 /// Maps epoll bits onto the connection's readiness.
@@ -35,15 +41,26 @@ fn readiness(events: u32) -> Readiness {
 }
 
 /// What happens to every connection that leaves: the one place they all go through. Per-client
-/// resources acquired at admission are released here.
+/// resources acquired at admission are released here. A connection the server ends (idle,
+/// shutdown) gets its stages' last words first (a TLS close_notify: one send, best effort).
 fn on_closed<'a>(
     shared: &'a Shared,
     counters: &'a mut Counters,
     per_ip: &'a PerIp,
+    tally: Option<&'a TlsTally>,
 ) -> impl FnMut(OwnedFd, Conn, CloseReason) + 'a {
-    move |fd, conn, why| {
+    move |fd, mut conn, why| {
         // The client's place in the per-IP table comes back on every path.
         let client = per_ip.release(fd.as_raw_fd());
+        if matches!(
+            why,
+            CloseReason::Idle | CloseReason::Quiet | CloseReason::ShutdownTimeout
+        ) {
+            let bye = conn.goodbye();
+            if !bye.is_empty() {
+                let _ = sys::send(fd.as_fd(), bye);
+            }
+        }
         if log::enabled(Level::Debug) {
             let via = client.map_or_else(String::new, |c| format!(" (PROXY client {c})"));
             log!(
@@ -60,8 +77,18 @@ fn on_closed<'a>(
                 counters.per_ip.proxy_rejected += 1;
                 drop(fd);
             }
-            CloseReason::StageTimeout => {
+            CloseReason::StageTimeout(r) if r == HEADER_TIMEOUT => {
                 counters.per_ip.proxy_timeout += 1;
+                drop(fd);
+            }
+            CloseReason::StageTimeout(_) => {
+                // The TLS handshake timeout (the only other stage deadline).
+                if let Some(t) = tally {
+                    #[cfg(feature = "tls")]
+                    t.count_timeout();
+                    #[cfg(not(feature = "tls"))]
+                    match *t {}
+                }
                 drop(fd);
             }
             _ => drop(fd), // close(2): FIN, or RST if unread input remains
@@ -97,7 +124,7 @@ impl Worker {
             for ev in &events[..n] {
                 match Token::decode(ev.token()) {
                     Token::Wake => self.begin_shutdown(),
-                    Token::Listener => self.accept_batch(),
+                    Token::Listener(l) => self.accept_batch(l),
                     Token::Udp => self.udp_ready = true,
                     Token::Conn(idx) => self.conns.ready(idx, readiness(ev.events())),
                 }
@@ -107,6 +134,10 @@ impl Worker {
             self.serve_udp();
             self.on_timers();
             self.conns.end_batch();
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &self.tls {
+                self.counters.tls = tls.tally.snapshot();
+            }
             (
                 self.counters.per_ip.refused_per_ip,
                 self.counters.per_ip.refused_rate,
@@ -126,7 +157,11 @@ impl Worker {
             &self.per_ip,
             self.clock.now,
         );
-        let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip);
+        #[cfg(feature = "tls")]
+        let tally = self.tls.as_ref().map(|t| &*t.tally);
+        #[cfg(not(feature = "tls"))]
+        let tally = None;
+        let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip, tally);
         let moved = self.conns.serve_queued(
             self.clock.tick,
             |fd, conn, turn| {
@@ -176,6 +211,9 @@ impl Worker {
             return;
         }
         self.acceptor.close(&self.epoll);
+        if let Some(a) = self.tls_acceptor.as_mut() {
+            a.close(&self.epoll);
+        }
         // Datagrams have nothing to drain: stop answering at once.
         self.udp = None;
         self.udp_ready = false;
@@ -194,10 +232,12 @@ impl Worker {
             .conns
             .next_deadline(self.clock.tick)
             .map(|t| self.clock.at(t));
+        let tls = self.tls_acceptor.as_ref().and_then(|a| a.next_deadline());
         [
             conns,
             self.acceptor.next_deadline(),
             self.per_ip.next_deadline(),
+            tls,
         ]
         .into_iter()
         .flatten()
@@ -205,7 +245,11 @@ impl Worker {
     }
 
     fn on_timers(&mut self) {
-        let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip);
+        #[cfg(feature = "tls")]
+        let tally = self.tls.as_ref().map(|t| &*t.tally);
+        #[cfg(not(feature = "tls"))]
+        let tally = None;
+        let mut closed = on_closed(&self.shared, &mut self.counters, &self.per_ip, tally);
         let timed_out = self.conns.on_timers(self.clock.tick, &mut closed);
         drop(closed);
         if timed_out > 0 {

@@ -12,6 +12,8 @@
 //!   queue, generic over the socket handle;
 //! - [`service`]: one connection's turn, the only place its actions become syscalls;
 //! - [`drain`]: the shutdown rules; [`idle`]: the idle timeout; [`throttle`]: warnings.
+//! - `tls` (`--tls-port`): the TLS listener's side — a second [`accept::Acceptor`] under its
+//!   own token, sharing the admission code; each connection it accepts gets a TLS stage.
 //!
 //! # The edge-triggered contract
 //!
@@ -51,6 +53,8 @@ pub mod per_ip;
 pub mod service;
 pub mod table;
 pub mod throttle;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -82,6 +86,10 @@ pub fn fds_per_worker(splice: bool) -> u64 {
     6 + if splice { 2 } else { 0 }
 }
 
+/// Descriptors a worker's TLS listener adds (`--tls-port`): the listener and its acceptor's
+/// reserve descriptor.
+pub const TLS_FDS_PER_WORKER: u64 = 2;
+
 /// What one worker needs to know, fixed at startup.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -102,6 +110,16 @@ pub struct WorkerConfig {
     pub per_ip: per_ip::PerIpConfig,
     /// `--banner`, expanded for this worker: sent to each new connection before any echo.
     pub banner: Option<Arc<[u8]>>,
+    /// The TLS listener (`--tls-port`), if on.
+    #[cfg(feature = "tls")]
+    pub tls: Option<tls::TlsWorkerConfig>,
+}
+
+/// Which of a worker's listeners: each has its own [`Acceptor`], sharing the admission code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listen {
+    Plain,
+    Tls,
 }
 
 /// The epoll token kinds. Clients use their slot index; the rest sit at the top of the range.
@@ -109,7 +127,7 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
     Wake,
-    Listener,
+    Listener(Listen),
     Udp,
     Conn(u32),
 }
@@ -118,11 +136,13 @@ impl Token {
     const WAKE: u64 = u64::MAX;
     const LISTENER: u64 = u64::MAX - 1;
     const UDP: u64 = u64::MAX - 2;
+    const TLS_LISTENER: u64 = u64::MAX - 3;
 
     fn encode(self) -> u64 {
         match self {
             Token::Wake => Self::WAKE,
-            Token::Listener => Self::LISTENER,
+            Token::Listener(Listen::Plain) => Self::LISTENER,
+            Token::Listener(Listen::Tls) => Self::TLS_LISTENER,
             Token::Udp => Self::UDP,
             Token::Conn(i) => u64::from(i),
         }
@@ -131,7 +151,8 @@ impl Token {
     fn decode(t: u64) -> Token {
         match t {
             Self::WAKE => Token::Wake,
-            Self::LISTENER => Token::Listener,
+            Self::LISTENER => Token::Listener(Listen::Plain),
+            Self::TLS_LISTENER => Token::Listener(Listen::Tls),
             Self::UDP => Token::Udp,
             i => Token::Conn(i as u32),
         }
@@ -176,6 +197,10 @@ pub struct Worker {
     epoll: sys::Epoll,
     wake: OwnedFd,
     acceptor: Acceptor,
+    /// The TLS listener's acceptor (`--tls-port`).
+    tls_acceptor: Option<Acceptor>,
+    #[cfg(feature = "tls")]
+    tls: Option<tls::TlsSide>,
     conns: Conns<OwnedFd>,
     buf: Box<[u8]>,
     pipe: Option<SplicePipe>,
@@ -203,7 +228,23 @@ impl Worker {
         let listener: OwnedFd =
             crate::listeners::open(cfg.id, cfg.addr, cfg.backlog, &shared.listeners)?.into();
         let epoll = sys::Epoll::new()?;
-        let acceptor = Acceptor::new(listener, &epoll, Token::Listener.encode())?;
+        let acceptor = Acceptor::new(listener, &epoll, Token::Listener(Listen::Plain).encode())?;
+        // The TLS listener beside the plain one, in the same epoll instance.
+        #[cfg(feature = "tls")]
+        let (tls_acceptor, tls) = match &cfg.tls {
+            Some(t) => {
+                // Bound afresh (a graceful restart hands on the plain listeners only).
+                let listener: OwnedFd = crate::listeners::bind(cfg.id, t.addr, cfg.backlog)?.into();
+                let token = Token::Listener(Listen::Tls).encode();
+                (
+                    Some(Acceptor::new(listener, &epoll, token)?),
+                    Some(tls::TlsSide::new(t)),
+                )
+            }
+            None => (None, None),
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls_acceptor = None;
         epoll.add(wake.as_fd(), sys::EPOLLIN, Token::Wake.encode())?;
         // This worker's UDP socket beside its listener, edge-triggered like the clients.
         let udp = match &cfg.udp {
@@ -242,6 +283,9 @@ impl Worker {
             epoll,
             wake,
             acceptor,
+            tls_acceptor,
+            #[cfg(feature = "tls")]
+            tls,
             buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
             pipe,
             events: vec![sys::Event::zeroed(); EVENTS].into_boxed_slice(),
@@ -259,5 +303,10 @@ impl Worker {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.acceptor.local_addr()
+    }
+
+    /// The TLS listener's address, if `--tls-port` is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_acceptor.as_ref().map(Acceptor::local_addr)
     }
 }
