@@ -4,14 +4,16 @@
 # the image name reaching the server, --read-only/--cap-drop ALL/no-new-privileges with a low
 # --ulimit nofile (and the default --max-connections adapting to it), `docker stop` draining a
 # busy client and exiting 0 with the summary in `docker logs`, --help / bad-flag exit codes,
-# deploy/compose.yaml, and the image config (exec-form ENTRYPOINT, STOPSIGNAL, ...).
+# TLS with a mounted certificate (a verified TLS echo through the published port; a key the
+# image's user cannot read exits 2 naming the flag and file), deploy/compose.yaml, and the
+# image config (exec-form ENTRYPOINT, STOPSIGNAL, ...).
 #
 #   make check-container            # builds the image first (make image)
 #   IMAGE=epoll-echo:other scripts/check-container.sh
 #
 # Starts dockerd in the background if it is installed but not running. No engine at all is
 # a failure, not a skip. Only 127.0.0.1 is published. Every container it starts is removed
-# on every exit path.
+# on every exit path, and so is every temporary directory (certificates, the saved image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-epoll-echo:latest}
@@ -19,6 +21,7 @@ ENGINE_TIMEOUT=60 # s for a freshly started dockerd to answer
 HEALTH_TIMEOUT=30 # s for the HEALTHCHECK to report healthy
 PREFIX=epoll-echo-check-$$
 containers=()
+dirs=()
 
 fail() {
     echo "check-container: FAIL: $*" >&2
@@ -33,6 +36,9 @@ cleanup() {
     local c
     for c in "${containers[@]}"; do
         docker rm -f "$c" >/dev/null 2>&1 || true
+    done
+    for c in "${dirs[@]}"; do
+        rm -rf "$c"
     done
 }
 trap cleanup EXIT
@@ -234,7 +240,118 @@ wait_healthy port9000
 ok "--port 9000 after the image name: echo through the published port, healthy: $out"
 docker rm -f "$PREFIX-port9000" >/dev/null
 
-# ---- 4. exit codes: --help 0, a bad flag 2 -------------------------------------------------
+# ---- 4. TLS with a mounted certificate ------------------------------------------------------
+command -v openssl >/dev/null || fail "openssl is required (apt-get install openssl)"
+certs=$(mktemp -d)
+dirs+=("$certs")
+# gencert DIR: a self-signed P-256 certificate for 127.0.0.1/localhost (rustls clients need
+# the subjectAltName, and CA:FALSE on an end-entity certificate), cert.pem and key.pem.
+gencert() {
+    mkdir -p "$1"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+        -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null || fail "openssl req (certificate for $1)"
+}
+gencert "$certs/good"
+gencert "$certs/other" # a different self-signed certificate: the wrong CA for the client
+# The image runs as 65534:65534 and mounts the directory read-only: 65534 must read the key.
+chown -R 65534:65534 "$certs/good"
+chmod 0500 "$certs/good"
+chmod 0400 "$certs/good/cert.pem" "$certs/good/key.pem"
+tls_flags=(--tls-port 8443 --tls-cert /certs/cert.pem --tls-key /certs/key.pem)
+start tls -p 127.0.0.1:0:8443 --read-only --cap-drop ALL --security-opt no-new-privileges \
+    -v "$certs/good:/certs:ro" -- "${tls_flags[@]}"
+port=$(host_port tls 8443)
+# tls_client PORT CAFILE: a verifying TLS client (Python ssl, the CA is the mounted certificate,
+# the name is 127.0.0.1): random bytes echoed byte-exact. Exit 3 when verification fails.
+tls_client() {
+    python3 - "$@" <<'PY'
+import os, socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+deadline = time.monotonic() + 20
+while True:
+    # docker-proxy accepts before the server inside listens, then closes: retry until a
+    # handshake completes, within the deadline.
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        break
+    except ssl.SSLCertVerificationError as e:
+        print(f"certificate verification failed: {e.verify_message}", file=sys.stderr)
+        sys.exit(3)
+    except (OSError, ssl.SSLError) as e:
+        if time.monotonic() > deadline:
+            sys.exit(f"no TLS handshake through 127.0.0.1:{port} within 20s: {e!r}")
+        time.sleep(0.1)  # retry interval, bounded by the deadline above
+payload = os.urandom(200_000)
+s.sendall(payload)
+got = bytearray()
+while len(got) < len(payload):
+    chunk = s.recv(65536)
+    if not chunk:
+        sys.exit(f"TLS connection closed after {len(got)} of {len(payload)} echoed bytes")
+    got += chunk
+if bytes(got) != payload:
+    sys.exit("TLS echo differs from what was sent")
+print(f"{s.version()} {s.cipher()[0]}: echoed {len(payload)} random bytes, certificate verified")
+s.close()
+PY
+}
+out=$(tls_client "$port" "$certs/good/cert.pem") ||
+    fail "verified TLS echo through 127.0.0.1:$port -> 8443 with the mounted certificate"
+ok "docker run -v certs:/certs:ro ... --tls-port 8443: $out"
+# openssl s_client, as a user would try it (-quiet: it prints only what comes back): one line
+# written, the same line read back within 10 s, then s_client is ended.
+msg="tls-through-docker-$$-$RANDOM"
+got=$(python3 - "$port" "$certs/good/cert.pem" "$msg" <<'PY'
+import select, subprocess, sys, time
+port, ca, msg = sys.argv[1], sys.argv[2], sys.argv[3].encode() + b"\n"
+p = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", ca,
+                      "-verify_return_error", "-verify_ip", "127.0.0.1", "-quiet"],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+p.stdin.write(msg)
+p.stdin.flush()
+got, deadline = b"", time.monotonic() + 10
+while len(got) < len(msg) and time.monotonic() < deadline:
+    if select.select([p.stdout], [], [], 0.2)[0]:
+        chunk = p.stdout.read1(4096)
+        if not chunk:
+            break
+        got += chunk
+p.kill()
+p.wait()
+sys.stdout.write(got.decode(errors="replace"))
+PY
+)
+[[ $got == "$msg" ]] || fail "openssl s_client -connect 127.0.0.1:$port: got '$got', want '$msg'"
+ok "openssl s_client -connect 127.0.0.1:$port -quiet (verified): the line came back byte-exact"
+# The client really verifies: the other certificate as CA must be refused.
+rc=0
+err=$(tls_client "$port" "$certs/other/cert.pem" 2>&1) || rc=$?
+[[ $rc == 3 ]] || fail "a TLS client trusting another CA was not refused (exit $rc): $err"
+ok "a client trusting a different CA is refused: ${err%%$'\n'*}"
+docker logs "$PREFIX-tls" 2>&1 | grep -q 'TLS (1.2, 1.3) on .*:8443' ||
+    fail "no 'TLS ... on :8443' line in docker logs"
+docker rm -f "$PREFIX-tls" >/dev/null
+
+# A key the image's user cannot read: exit 2, the message names the flag and the file.
+mkdir "$certs/locked"
+cp "$certs/good/cert.pem" "$certs/good/key.pem" "$certs/locked/"
+chown root:root "$certs/locked/key.pem"
+chmod 0600 "$certs/locked/key.pem"
+chmod 0755 "$certs/locked"
+chmod 0644 "$certs/locked/cert.pem"
+last=""
+rc=0
+err=$(docker run --rm --read-only --cap-drop ALL --security-opt no-new-privileges \
+    -v "$certs/locked:/certs:ro" "$IMAGE" "${tls_flags[@]}" 2>&1) || rc=$?
+[[ $rc == 2 && $err == *"--tls-key /certs/key.pem"* ]] ||
+    fail "an unreadable --tls-key: exit $rc (want 2, naming --tls-key /certs/key.pem): $err"
+ok "a key uid 65534 cannot read exits 2: ${err%%$'\n'*}"
+
+# ---- 5. exit codes: --help 0, a bad flag 2 -------------------------------------------------
 last=""
 rc=0
 help=$(docker run --rm "$IMAGE" --help 2>&1) || rc=$?
@@ -245,7 +362,7 @@ err=$(docker run --rm "$IMAGE" --no-such-flag 2>&1) || rc=$?
     fail "docker run $IMAGE --no-such-flag: exit $rc (want 2): $err"
 ok "--help exits 0, a bad flag exits 2 naming it"
 
-# ---- 5. deploy/compose.yaml ----------------------------------------------------------------
+# ---- 6. deploy/compose.yaml ----------------------------------------------------------------
 if command -v docker-compose >/dev/null; then
     compose=(docker-compose)
 elif docker compose version >/dev/null 2>&1; then
@@ -257,10 +374,10 @@ err=$("${compose[@]}" -f deploy/compose.yaml config -q 2>&1) ||
     fail "${compose[*]} -f deploy/compose.yaml config: $err"
 ok "${compose[*]} -f deploy/compose.yaml config is valid"
 
-# ---- 6. the image config and contents ------------------------------------------------------
+# ---- 7. the image config and contents ------------------------------------------------------
 cfg=$(docker image inspect "$IMAGE" -f '{{json .Config}}')
 work=$(mktemp -d)
-trap 'cleanup; rm -rf "$work"' EXIT
+dirs+=("$work")
 docker image save "$IMAGE" -o "$work/img.tar"
 mkdir "$work/x" && tar -xf "$work/img.tar" -C "$work/x"
 files=$(find "$work/x" -name layer.tar -exec tar -tf {} \; | sort -u | tr '\n' ' ')

@@ -5,29 +5,59 @@
 //!   off, so IPv4 clients arrive as v4-mapped addresses on the same socket; where IPv6 is
 //!   absent (no `AF_INET6`, no `::1`, or `::` cannot be bound) it falls back to `0.0.0.0`
 //!   ([`default_host`]). An explicit `--host` is used as given (`::` also with V6ONLY off).
-//! - **Inherited listeners**: `EPOLL_ECHO_INHERIT=W:FD,W:FD,...` names the descriptors a
-//!   parent left open for worker `W`. [`adopt_inherited`] takes them at startup; [`open`]
-//!   hands worker `W` its inherited socket instead of binding a new one. The new process
-//!   runs at least as many workers as listeners it inherited: a listener left without a
+//! - **Inherited sockets**: `EPOLL_ECHO_INHERIT=KIND:W:FD,...` names the descriptors a parent
+//!   left open, each tagged with its [`Kind`] (`tcp`: the plain listener, `tls`: the
+//!   `--tls-port` listener, `udp`: the `--udp-port` socket) and the worker `W` it served.
+//!   [`adopt_inherited`] takes them at startup; [`open`] and [`take_inherited`] hand worker
+//!   `W` its inherited socket of a kind instead of binding a new one. The new process runs at
+//!   least as many workers as sockets of any one kind it inherited: a listener left without a
 //!   worker would hold connections in its queue that nobody accepts.
-//! - Every listener in use is also recorded in the server's [`Set`] (a close-on-exec
+//! - Every socket in use is also recorded in the server's [`Set`] (a close-on-exec
 //!   duplicate), so a restart can hand them all on, and shutdown closes them all at once.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::sys;
 
-/// The environment variable naming inherited listeners (`worker:fd,...`).
+/// The environment variable naming inherited sockets (`kind:worker:fd,...`).
 pub const INHERIT_ENV: &str = "EPOLL_ECHO_INHERIT";
 
-/// Inherited listeners not yet taken by a worker, by worker id.
-static INHERITED: Mutex<BTreeMap<usize, OwnedFd>> = Mutex::new(BTreeMap::new());
+/// What an inherited (or recorded) socket is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// The plain TCP listener (`--port`).
+    Tcp,
+    /// The TLS listener (`--tls-port`).
+    Tls,
+    /// The UDP echo socket (`--udp-port`).
+    Udp,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Tcp, Kind::Tls, Kind::Udp];
+
+    /// The tag in [`INHERIT_ENV`].
+    pub fn tag(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Tls => "tls",
+            Kind::Udp => "udp",
+        }
+    }
+
+    fn parse(tag: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.tag() == tag)
+    }
+}
+
+/// Inherited sockets not yet taken by a worker, by kind and worker id.
+static INHERITED: Mutex<BTreeMap<(Kind, usize), OwnedFd>> = Mutex::new(BTreeMap::new());
 
 /// The address to listen on when `--host` is not given: `::` (dual-stack) if this system has
 /// IPv6 — an `AF_INET6` socket can bind the IPv6 loopback `::1` (absent where IPv6 is off, as
@@ -82,35 +112,58 @@ pub fn bind(id: usize, addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Worker `id`'s listener: the one inherited for it if any, else a new one on `addr`.
-/// Recorded in `set` for restarts and shutdown.
-pub fn open(id: usize, addr: SocketAddr, backlog: i32, set: &Set) -> io::Result<Socket> {
-    let inherited = INHERITED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
-    let socket = match inherited {
-        Some(fd) => {
-            let s = Socket::from(fd);
-            s.set_nonblocking(true).map_err(|e| {
-                io::Error::new(e.kind(), format!("worker {id}: inherited listener: {e}"))
-            })?;
-            s
-        }
+/// Worker `id`'s listener of `kind` ([`Kind::Tcp`] or [`Kind::Tls`]): the one inherited for
+/// it if any, else a new one on `addr`. Recorded in `set` for restarts and shutdown.
+pub fn open(
+    kind: Kind,
+    id: usize,
+    addr: SocketAddr,
+    backlog: i32,
+    set: &Set,
+) -> io::Result<Socket> {
+    let socket = match take_inherited(kind, id)? {
+        Some(s) => s,
         None => bind(id, addr, backlog)?,
     };
-    set.record(id, &socket)?;
+    set.record(kind, id, socket.as_fd())?;
     Ok(socket)
 }
 
-/// How many inherited listeners wait for a worker.
-pub fn inherited_count() -> usize {
-    INHERITED.lock().unwrap_or_else(|e| e.into_inner()).len()
+/// Worker `id`'s inherited socket of `kind`, if its parent left one (nonblocking). The caller
+/// records it in the [`Set`] once it uses it.
+pub fn take_inherited(kind: Kind, id: usize) -> io::Result<Option<Socket>> {
+    let inherited = INHERITED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(kind, id));
+    inherited
+        .map(|fd| {
+            let s = Socket::from(fd);
+            s.set_nonblocking(true).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("worker {id}: inherited {} socket: {e}", kind.tag()),
+                )
+            })?;
+            Ok(s)
+        })
+        .transpose()
 }
 
-/// Takes the listeners named by [`INHERIT_ENV`] (once, at startup, before any other
-/// descriptor is opened). Returns how many. Each must be an open TCP listening socket;
-/// anything else is an error naming the variable.
+/// How many workers the inherited sockets need: the most of any one kind.
+pub fn inherited_count() -> usize {
+    let map = INHERITED.lock().unwrap_or_else(|e| e.into_inner());
+    Kind::ALL
+        .into_iter()
+        .map(|k| map.keys().filter(|(kind, _)| *kind == k).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Takes the sockets named by [`INHERIT_ENV`] (once, at startup, before any other
+/// descriptor is opened). Returns how many. A `tcp` or `tls` entry must be an open listening
+/// socket, a `udp` entry an open datagram socket; anything else is an error naming the
+/// variable.
 pub fn adopt_inherited() -> io::Result<usize> {
     let Ok(spec) = std::env::var(INHERIT_ENV) else {
         return Ok(0);
@@ -125,35 +178,45 @@ pub fn adopt_inherited() -> io::Result<usize> {
     };
     let mut map = INHERITED.lock().unwrap_or_else(|e| e.into_inner());
     for item in spec.split(',').filter(|s| !s.is_empty()) {
-        let (w, fd) = item
-            .split_once(':')
-            .ok_or_else(|| bad(format!("'{item}' is not worker:fd")))?;
+        let mut parts = item.split(':');
+        let (Some(kind), Some(w), Some(fd), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(format!("'{item}' is not kind:worker:fd")));
+        };
+        let kind = Kind::parse(kind)
+            .ok_or_else(|| bad(format!("'{kind}' is not a kind (tcp, tls or udp)")))?;
         let w: usize = w
             .parse()
             .map_err(|_| bad(format!("'{w}' is not a worker number")))?;
         let fd: RawFd = fd
             .parse()
             .map_err(|_| bad(format!("'{fd}' is not a descriptor")))?;
-        if map.contains_key(&w) || map.values().any(|o| o.as_raw_fd() == fd) {
+        if map.contains_key(&(kind, w)) || map.values().any(|o| o.as_raw_fd() == fd) {
             return Err(bad(format!("'{item}' repeats a worker or descriptor")));
         }
-        let owned = sys::adopt_listener(fd).map_err(|e| bad(format!("descriptor {fd}: {e}")))?;
-        map.insert(w, owned);
+        let owned = match kind {
+            Kind::Tcp | Kind::Tls => sys::adopt_listener(fd),
+            Kind::Udp => sys::adopt_datagram(fd),
+        }
+        .map_err(|e| bad(format!("descriptor {fd}: {e}")))?;
+        map.insert((kind, w), owned);
     }
     Ok(map.len())
 }
 
-/// The listeners a server is using, by worker: duplicates, close-on-exec.
+/// The sockets a server is using, by kind and worker: duplicates, close-on-exec.
 #[derive(Default)]
-pub struct Set(Mutex<BTreeMap<usize, OwnedFd>>);
+pub struct Set(Mutex<BTreeMap<(Kind, usize), OwnedFd>>);
 
 impl Set {
-    fn record(&self, id: usize, socket: &Socket) -> io::Result<()> {
-        let dup = socket.as_fd().try_clone_to_owned()?;
+    /// Records worker `id`'s socket of `kind` (a duplicate), for a restart to hand on.
+    pub fn record(&self, kind: Kind, id: usize, socket: BorrowedFd<'_>) -> io::Result<()> {
+        let dup = socket.try_clone_to_owned()?;
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, dup);
+            .insert((kind, id), dup);
         Ok(())
     }
 
@@ -162,15 +225,15 @@ impl Set {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// Inheritable duplicates (no close-on-exec) of every recorded listener, for a child
-    /// process, with the `EPOLL_ECHO_INHERIT` value that names them.
+    /// Inheritable duplicates (no close-on-exec) of every recorded socket, for a child
+    /// process, with the `EPOLL_ECHO_INHERIT` value that names them (`kind:worker:fd,...`).
     pub fn inheritable(&self) -> io::Result<(Vec<OwnedFd>, String)> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut fds = Vec::with_capacity(map.len());
         let mut spec = Vec::with_capacity(map.len());
-        for (id, fd) in map.iter() {
+        for ((kind, id), fd) in map.iter() {
             let dup = sys::dup_inheritable(fd.as_fd())?;
-            spec.push(format!("{id}:{}", dup.as_raw_fd()));
+            spec.push(format!("{}:{id}:{}", kind.tag(), dup.as_raw_fd()));
             fds.push(dup);
         }
         Ok((fds, spec.join(",")))

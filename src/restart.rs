@@ -4,14 +4,16 @@
 //! upgraded binary takes over; same arguments) and hands it the listening sockets by
 //! inheritance, as nginx's binary upgrade does:
 //!
-//! 1. every listener is duplicated without close-on-exec; `EPOLL_ECHO_INHERIT=W:FD,...`
-//!    tells the child which descriptor is which worker's ([`crate::listeners`]), and
-//!    `EPOLL_ECHO_READY_FD` names the write end of a pipe;
+//! 1. every socket — each worker's plain listener, TLS listener and UDP socket — is
+//!    duplicated without close-on-exec; `EPOLL_ECHO_INHERIT=KIND:W:FD,...` (e.g.
+//!    `tcp:0:5,tls:0:6,udp:0:7`) tells the child which descriptor is which worker's, of which
+//!    kind ([`crate::listeners`]), and `EPOLL_ECHO_READY_FD` names the write end of a pipe;
 //! 2. the child adopts those sockets instead of binding (so the sockets, and the connections
 //!    queued on them, never close), starts every worker, takes over the pid file, and writes
 //!    one byte to the pipe;
-//! 3. on that byte the old process stops accepting (its descriptors close, the sockets stay
-//!    open in the child), drains its connections as on SIGTERM and exits 0.
+//! 3. on that byte the old process stops accepting and answering datagrams (each socket out
+//!    of its epoll, then its descriptors close; the sockets stay open in the child), drains
+//!    its connections as on SIGTERM and exits 0.
 //!
 //! If the child cannot be started, exits, or is not ready within [`READY_TIMEOUT`], the old
 //! process kills it if needed, closes its copies of the descriptors, logs why, and keeps

@@ -436,6 +436,26 @@ pub fn adopt_listener(fd: RawFd) -> io::Result<OwnedFd> {
     adopt(fd)
 }
 
+/// [`adopt`]s an inherited datagram (UDP) socket; anything else is an error (left open).
+pub fn adopt_datagram(fd: RawFd) -> io::Result<OwnedFd> {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(getsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_TYPE,
+        (&mut ty as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    if ty != libc::SOCK_DGRAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a datagram socket",
+        ));
+    }
+    adopt(fd)
+}
+
 /// [`adopt`]s an inherited pipe's write end (the restart readiness pipe).
 pub fn adopt_pipe(fd: RawFd) -> io::Result<OwnedFd> {
     let mut st: libc::stat = {

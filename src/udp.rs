@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::listeners::{self, Kind};
 use crate::log;
 use crate::log::Level;
 use crate::rate::RateLimiter;
@@ -91,6 +92,18 @@ pub struct UdpEcho {
 }
 
 impl UdpEcho {
+    /// Worker `worker`'s socket: the one a graceful restart's parent handed on for it, if any
+    /// (already bound, in the same `SO_REUSEPORT` group, with its queued datagrams), else a
+    /// new one ([`UdpEcho::bind`]). Recorded in `set`, so the next restart hands it on.
+    pub fn open(worker: usize, cfg: &UdpConfig, set: &listeners::Set) -> io::Result<UdpEcho> {
+        let echo = match listeners::take_inherited(Kind::Udp, worker)? {
+            Some(socket) => UdpEcho::from_socket(worker, cfg, socket)?,
+            None => UdpEcho::bind(worker, cfg)?,
+        };
+        set.record(Kind::Udp, worker, echo.socket.as_fd())?;
+        Ok(echo)
+    }
+
     /// Creates worker `worker`'s socket: new → SO_REUSEPORT → nonblocking → bind. There is no
     /// SO_REUSEADDR: for UDP it has no TIME_WAIT to skip and would only let an unrelated
     /// socket share (and steal from) the port.
@@ -129,6 +142,13 @@ impl UdpEcho {
                 );
             }
         }
+        UdpEcho::from_socket(worker, cfg, socket)
+    }
+
+    fn from_socket(worker: usize, cfg: &UdpConfig, socket: Socket) -> io::Result<UdpEcho> {
+        let step = |what: &str, e: io::Error| {
+            io::Error::new(e.kind(), format!("worker {worker}: UDP {what}: {e}"))
+        };
         let local_addr = socket
             .local_addr()
             .map_err(|e| step("getsockname", e))?
@@ -139,7 +159,7 @@ impl UdpEcho {
             local_addr,
             batch: Batch::new(BATCH, SLOT_SIZE),
             keep: Vec::with_capacity(BATCH),
-            limiter: RateLimiter::new(rate, RATE_TABLE_SLOTS),
+            limiter: RateLimiter::new(cfg.rate, RATE_TABLE_SLOTS),
             counters: UdpCounters::default(),
         })
     }

@@ -151,6 +151,50 @@ fn churn(addr: SocketAddr, stop: &AtomicBool, seen: &Churn) {
     }
 }
 
+/// One graceful restart of `pid` under load: waits for `progress` to move (50 more), sends
+/// SIGUSR2, waits for the pid file to name a new running process and the old one to exit 0,
+/// then for `progress` to move again. Returns the new pid.
+fn restart(
+    srv: &mut ServerProc,
+    pid_file: &Path,
+    pid: i32,
+    round: u32,
+    progress: &dyn Fn() -> u64,
+) -> i32 {
+    let before = progress();
+    assert!(
+        wait_until(Duration::from_secs(10), || progress() > before + 50),
+        "no progress before restart {round}"
+    );
+    signal(pid, "USR2");
+    let mut new = None;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            new = read_pid(pid_file).filter(|&p| p != pid);
+            new.is_some()
+        }),
+        "restart {round}: the pid file still names {pid}: {}",
+        srv.stderr()
+    );
+    let new = new.unwrap();
+    assert!(
+        alive(new),
+        "restart {round}: pid {new} in the pid file is not running"
+    );
+    assert_eq!(
+        exit_code(srv, pid, Duration::from_secs(15)),
+        Some(0),
+        "restart {round}: old pid {pid} did not exit 0: {}",
+        srv.stderr()
+    );
+    let at = progress();
+    assert!(
+        wait_until(Duration::from_secs(10), || progress() > at + 50),
+        "no progress after restart {round}"
+    );
+    new
+}
+
 #[test]
 fn three_restarts_under_churn_refuse_nothing() {
     become_subreaper();
@@ -178,40 +222,9 @@ fn three_restarts_under_churn_refuse_nothing() {
         .collect();
     let mut pid = first;
     for round in 1..=3 {
-        let before = seen.ok.load(Ordering::Relaxed);
-        assert!(
-            wait_until(Duration::from_secs(10), || seen.ok.load(Ordering::Relaxed)
-                > before + 50),
-            "no churn before restart {round}"
-        );
-        signal(pid, "USR2");
-        let mut new = None;
-        assert!(
-            wait_until(Duration::from_secs(15), || {
-                new = read_pid(&pid_file).filter(|&p| p != pid);
-                new.is_some()
-            }),
-            "restart {round}: the pid file still names {pid}: {}",
-            srv.stderr()
-        );
-        let new = new.unwrap();
-        assert!(
-            alive(new),
-            "restart {round}: pid {new} in the pid file is not running"
-        );
-        assert_eq!(
-            exit_code(&mut srv, pid, Duration::from_secs(15)),
-            Some(0),
-            "restart {round}: old pid {pid} did not exit 0: {}",
-            srv.stderr()
-        );
-        let at = seen.ok.load(Ordering::Relaxed);
-        assert!(
-            wait_until(Duration::from_secs(10), || seen.ok.load(Ordering::Relaxed)
-                > at + 50),
-            "no churn after restart {round}"
-        );
-        pid = new;
+        pid = restart(&mut srv, &pid_file, pid, round, &|| {
+            seen.ok.load(Ordering::Relaxed)
+        });
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -407,5 +420,280 @@ fn sigterm_during_a_restart_stops_the_new_process_too() {
         srv.stderr()
     );
     assert!(!pid_file.exists(), "pid file left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The inodes of the sockets bound to `port` (from /proc/net/{tcp,udp}{,6}); for TCP only the
+/// listening ones. The same inodes after a restart: the very sockets were handed on.
+fn socket_inodes(proto: &str, port: u16) -> Vec<u64> {
+    let port = format!(":{port:04X}");
+    let mut inodes: Vec<u64> = [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let listening = proto != "tcp" || f.get(3) == Some(&"0A");
+            (f.len() > 9 && f[1].ends_with(&port) && listening)
+                .then(|| f[9].parse().ok())
+                .flatten()
+        })
+        .collect();
+    inodes.sort_unstable();
+    inodes
+}
+
+/// The address on the server's `PREFIX ADDR` startup line.
+fn logged_addr(srv: &ServerProc, prefix: &str) -> SocketAddr {
+    let mut addr = None;
+    wait_until(Duration::from_secs(10), || {
+        addr = srv
+            .stderr()
+            .split(prefix)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+        addr.is_some()
+    });
+    addr.unwrap_or_else(|| panic!("no '{prefix}' startup line: {}", srv.stderr()))
+}
+
+#[cfg(feature = "tls")]
+mod tls_churn {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+    /// A self-signed P-256 certificate for localhost and 127.0.0.1, and its key, in `dir`.
+    pub fn cert_pair(dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost", "-addext"])
+            .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (cert, key)
+    }
+
+    pub fn client_config(ca: &Path) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for c in epoll_echo::tls::config::load_certs(ca).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// Connect, full TLS handshake, echo 64 bytes, close — until `stop`. A failed TCP connect
+    /// counts as refused; a failed handshake or echo (a reset, a cut) as broken.
+    pub fn churn(addr: SocketAddr, cfg: &Arc<ClientConfig>, stop: &AtomicBool, seen: &Churn) {
+        let msg = pattern(64, 5);
+        for _ in 0..1_000_000u32 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let sock = match TcpStream::connect(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tls churn: connect: {e}");
+                    seen.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let conn = ClientConnection::new(cfg.clone(), name).unwrap();
+            let mut s = StreamOwned::new(conn, sock);
+            let mut back = [0u8; 64];
+            let r = (|| {
+                while s.conn.is_handshaking() {
+                    s.conn.complete_io(&mut s.sock)?;
+                }
+                s.write_all(&msg)?;
+                s.flush()?;
+                s.read_exact(&mut back)
+            })();
+            match r {
+                Ok(()) if back[..] == msg[..] => seen.ok.fetch_add(1, Ordering::Relaxed),
+                Ok(()) => panic!("TLS echo differs"),
+                Err(e) => {
+                    eprintln!("tls churn: handshake or echo: {e}");
+                    seen.broken.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+    }
+}
+
+/// The TLS listeners are handed on too: three restarts under steady churn of TLS clients (a
+/// full handshake each) refuse and reset nothing, and the TLS listening sockets after the
+/// restarts are the very ones of the first process.
+#[cfg(feature = "tls")]
+#[test]
+fn three_restarts_under_tls_churn_reset_nothing() {
+    become_subreaper();
+    let dir = temp_dir("restart-tls");
+    let (cert, key) = tls_churn::cert_pair(&dir);
+    let pid_file = dir.join("echo.pid");
+    let mut srv = ServerProc::start(&[
+        "--maxListeners",
+        "2",
+        "--tls-port",
+        "0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    let tls_addr = logged_addr(&srv, "TLS (1.2, 1.3) on ");
+    let first = srv.pid() as i32;
+    assert!(wait_until(Duration::from_secs(5), || read_pid(&pid_file)
+        == Some(first)));
+    let inodes = socket_inodes("tcp", tls_addr.port());
+    assert_eq!(inodes.len(), 2, "one TLS listener per worker");
+    let cfg = tls_churn::client_config(&cert);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Churn::default());
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, seen, cfg) = (stop.clone(), seen.clone(), cfg.clone());
+            std::thread::spawn(move || tls_churn::churn(tls_addr, &cfg, &stop, &seen))
+        })
+        .collect();
+    let mut pid = first;
+    for round in 1..=3 {
+        pid = restart(&mut srv, &pid_file, pid, round, &|| {
+            seen.ok.load(Ordering::Relaxed)
+        });
+        assert_eq!(
+            socket_inodes("tcp", tls_addr.port()),
+            inodes,
+            "restart {round}: the TLS listeners are not the ones handed on"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let log = srv.stderr();
+    let (ok, refused, broken) = (
+        seen.ok.load(Ordering::Relaxed),
+        seen.refused.load(Ordering::Relaxed),
+        seen.broken.load(Ordering::Relaxed),
+    );
+    assert_eq!(refused, 0, "refused TLS connections: {log}");
+    assert_eq!(broken, 0, "reset or cut TLS connections: {log}");
+    assert_eq!(
+        log.matches("is serving; draining this process").count(),
+        3,
+        "{log}"
+    );
+    eprintln!("{ok} TLS churn connections (handshake + echo) across 3 restarts");
+    signal(pid, "TERM");
+    assert_eq!(reap(pid, Duration::from_secs(15)), Some(0), "last process");
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The UDP sockets are handed on: a client sending one datagram at a time (each waits up to
+/// 500 ms for its reply) across a restart keeps being answered, and the UDP sockets after the
+/// restart are the very ones of the first process.
+#[test]
+fn udp_keeps_answering_across_a_restart() {
+    become_subreaper();
+    let dir = temp_dir("restart-udp");
+    let pid_file = dir.join("echo.pid");
+    let mut srv = ServerProc::start(&[
+        "--maxListeners",
+        "2",
+        "--udp-port",
+        "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    let udp_addr = logged_addr(&srv, "UDP echo on ");
+    let first = srv.pid() as i32;
+    assert!(wait_until(Duration::from_secs(5), || read_pid(&pid_file)
+        == Some(first)));
+    let inodes = socket_inodes("udp", udp_addr.port());
+    assert_eq!(inodes.len(), 2, "one UDP socket per worker");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client = {
+        let (stop, sent, answered) = (stop.clone(), sent.clone(), answered.clone());
+        std::thread::spawn(move || {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.connect(udp_addr).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            for seq in 0..1_000_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let msg = seq.to_be_bytes();
+                sock.send(&msg).unwrap();
+                sent.fetch_add(1, Ordering::Relaxed);
+                // Wait for this datagram's reply; a late reply to an earlier one is skipped.
+                loop {
+                    match sock.recv(&mut buf) {
+                        Ok(8) if buf[..8] == msg => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Ok(_) => continue,
+                        Err(e) => {
+                            eprintln!("udp: datagram {seq} unanswered: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let pid = restart(&mut srv, &pid_file, first, 1, &|| {
+        answered.load(Ordering::Relaxed)
+    });
+    assert_eq!(
+        socket_inodes("udp", udp_addr.port()),
+        inodes,
+        "the UDP sockets are not the ones handed on"
+    );
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let (sent, answered) = (
+        sent.load(Ordering::Relaxed),
+        answered.load(Ordering::Relaxed),
+    );
+    eprintln!("UDP across a restart: {answered} of {sent} datagrams answered");
+    assert!(
+        answered * 100 >= sent * 99,
+        "only {answered} of {sent} datagrams answered: {}",
+        srv.stderr()
+    );
+    signal(pid, "TERM");
+    assert_eq!(reap(pid, Duration::from_secs(15)), Some(0), "last process");
+    drop(srv);
     let _ = std::fs::remove_dir_all(&dir);
 }

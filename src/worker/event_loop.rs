@@ -214,8 +214,12 @@ impl Worker {
         if let Some(a) = self.tls_acceptor.as_mut() {
             a.close(&self.epoll);
         }
-        // Datagrams have nothing to drain: stop answering at once.
-        self.udp = None;
+        // Datagrams have nothing to drain: stop answering at once. Out of epoll before the
+        // close: after a restart's hand-over the socket lives on in the new process, and a
+        // registration on it would keep waking this one for datagrams it no longer serves.
+        if let Some(u) = self.udp.take() {
+            let _ = self.epoll.delete(u.fd().as_fd());
+        }
         self.udp_ready = false;
         log!(
             Level::Debug,

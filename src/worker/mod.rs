@@ -63,6 +63,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conn::{Params, TICK, Tick};
+use crate::listeners::Kind;
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::sys;
@@ -226,15 +227,23 @@ impl Worker {
             })?;
         }
         let listener: OwnedFd =
-            crate::listeners::open(cfg.id, cfg.addr, cfg.backlog, &shared.listeners)?.into();
+            crate::listeners::open(Kind::Tcp, cfg.id, cfg.addr, cfg.backlog, &shared.listeners)?
+                .into();
         let epoll = sys::Epoll::new()?;
         let acceptor = Acceptor::new(listener, &epoll, Token::Listener(Listen::Plain).encode())?;
         // The TLS listener beside the plain one, in the same epoll instance.
         #[cfg(feature = "tls")]
         let (tls_acceptor, tls) = match &cfg.tls {
             Some(t) => {
-                // Bound afresh (a graceful restart hands on the plain listeners only).
-                let listener: OwnedFd = crate::listeners::bind(cfg.id, t.addr, cfg.backlog)?.into();
+                // Inherited in a graceful restart, like the plain one.
+                let listener: OwnedFd = crate::listeners::open(
+                    Kind::Tls,
+                    cfg.id,
+                    t.addr,
+                    cfg.backlog,
+                    &shared.listeners,
+                )?
+                .into();
                 let token = Token::Listener(Listen::Tls).encode();
                 (
                     Some(Acceptor::new(listener, &epoll, token)?),
@@ -249,7 +258,7 @@ impl Worker {
         // This worker's UDP socket beside its listener, edge-triggered like the clients.
         let udp = match &cfg.udp {
             Some(udp) => {
-                let u = UdpEcho::bind(cfg.id, udp)?;
+                let u = UdpEcho::open(cfg.id, udp, &shared.listeners)?;
                 epoll.add(
                     u.fd().as_fd(),
                     sys::EPOLLIN | sys::EPOLLET,
