@@ -182,7 +182,7 @@ impl Server {
     /// Creates the wake pipes. Install the signal handler on [`Server::shutdown_handle`]
     /// before [`Server::start`], so a signal during startup is not lost.
     pub fn new(mut config: Config) -> io::Result<Server> {
-        // Every inherited listener needs a worker to accept on it (see `listeners`).
+        // Every inherited socket needs a worker to serve it (see `listeners`).
         let inherited = listeners::inherited_count();
         if inherited > config.workers {
             log!(
