@@ -697,3 +697,43 @@ fn udp_keeps_answering_across_a_restart() {
     drop(srv);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `EPOLL_ECHO_INHERIT` is checked before anything listens: an entry without a kind (the old
+/// `worker:fd` form), an unknown kind, and a `udp` entry naming a TCP listener (or a `tcp` one
+/// naming a UDP socket) each stop the server with exit 1 and a message naming the variable.
+#[test]
+fn a_bad_inherit_variable_is_refused_naming_it() {
+    // Python opens the sockets, leaves them to the server across exec and names them.
+    let run = |make: &str, spec: &str| {
+        let script = format!(
+            "import os, socket, sys\n{make}\nos.set_inheritable(s.fileno(), True)\n\
+             os.environ['EPOLL_ECHO_INHERIT'] = '{spec}'.replace('FD', str(s.fileno()))\n\
+             os.execv(sys.argv[1], [sys.argv[1], '--host', '127.0.0.1', '--port', '0'])\n"
+        );
+        // Bounded: a server that wrongly accepted the variable would serve for ever.
+        let out = Command::new("timeout")
+            .args(["10", "python3", "-c", &script, BIN])
+            .output()
+            .expect("python3");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tcp = "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()";
+    let udp = "s = socket.socket(type=socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0))";
+    for (make, spec, want) in [
+        (tcp, "0:FD", "is not kind:worker:fd"),
+        (tcp, "sctp:0:FD", "'sctp' is not a kind (tcp, tls or udp)"),
+        (tcp, "udp:0:FD", "not a datagram socket"),
+        (udp, "tcp:0:FD", "not a listening socket"),
+        (udp, "tls:0:FD", "not a listening socket"),
+    ] {
+        let (code, err) = run(make, spec);
+        assert_eq!(code, Some(1), "{spec}: {err}");
+        assert!(
+            err.contains("EPOLL_ECHO_INHERIT=") && err.contains(want),
+            "{spec}: want '{want}': {err}"
+        );
+    }
+}
