@@ -332,7 +332,8 @@ pub fn accept_with_peer(
     Ok((owned(fd), socket_addr(&storage, len)))
 }
 
-/// An IPv4 or IPv6 address the kernel wrote into `storage` (`len` bytes).
+/// An IPv4 or IPv6 address the kernel wrote into `storage` (`len` bytes); `None` for another
+/// family or a length too short for its sockaddr.
 fn socket_addr(
     storage: &libc::sockaddr_storage,
     len: libc::socklen_t,

@@ -8,7 +8,7 @@
 //! the call that uses it and the batch may move between threads.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// The largest UDP payload over IPv6 without jumbograms (65,535 − 8-byte UDP header); IPv4's
@@ -120,34 +120,7 @@ impl Batch {
 
     /// Where slot `i`'s datagram came from; `None` for a family other than IPv4/IPv6.
     pub fn source(&self, i: usize) -> Option<SocketAddr> {
-        let storage = &self.addrs[i];
-        let len = self.addr_lens[i] as usize;
-        match storage.ss_family as libc::c_int {
-            libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-                // SAFETY: the kernel wrote a sockaddr_in here (family AF_INET, length checked);
-                // sockaddr_storage is large and aligned enough for any sockaddr.
-                let a = unsafe {
-                    &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-                };
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                    u16::from_be(a.sin_port),
-                )))
-            }
-            libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-                // SAFETY: as above, for a sockaddr_in6 (family AF_INET6, length checked).
-                let a = unsafe {
-                    &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-                };
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(a.sin6_addr.s6_addr),
-                    u16::from_be(a.sin6_port),
-                    u32::from_be(a.sin6_flowinfo),
-                    a.sin6_scope_id,
-                )))
-            }
-            _ => None,
-        }
+        super::socket_addr(&self.addrs[i], self.addr_lens[i])
     }
 
     /// Test hook: pretends slot `i` came from `addr` (to make one reply fail on purpose).
