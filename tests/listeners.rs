@@ -75,7 +75,19 @@ struct NetNs(String);
 
 impl NetNs {
     fn without_ipv6() -> Option<NetNs> {
-        let name = format!("epoll-echo-v4only-{}", std::process::id());
+        NetNs::with_sysctls(
+            "v4only",
+            &[
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+                "net.ipv6.conf.lo.disable_ipv6=1",
+            ],
+        )
+    }
+
+    /// A namespace with loopback up and these sysctls set inside it.
+    fn with_sysctls(tag: &str, sysctls: &[&str]) -> Option<NetNs> {
+        let name = format!("epoll-echo-{tag}-{}", std::process::id());
         let ok = |args: &[&str]| {
             Command::new(args[0])
                 .args(&args[1..])
@@ -86,38 +98,12 @@ impl NetNs {
             return None;
         }
         let ns = NetNs(name);
-        for args in [
-            &[
-                "ip",
-                "netns",
-                "exec",
-                &ns.0,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ][..],
-            &[
-                "ip",
-                "netns",
-                "exec",
-                &ns.0,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-            &[
-                "ip",
-                "netns",
-                "exec",
-                &ns.0,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.lo.disable_ipv6=1",
-            ],
-            &["ip", "-n", &ns.0, "link", "set", "lo", "up"],
-        ] {
-            assert!(ok(args), "{args:?}");
+        for sysctl in sysctls {
+            let args = ["ip", "netns", "exec", &ns.0, "sysctl", "-qw", sysctl];
+            assert!(ok(&args), "{args:?}");
         }
+        let up = ["ip", "-n", &ns.0, "link", "set", "lo", "up"];
+        assert!(ok(&up), "{up:?}");
         Some(ns)
     }
 }
@@ -173,6 +159,70 @@ fn no_host_falls_back_to_ipv4_where_ipv6_is_off() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "v4 only",
         "{out:?}"
+    );
+    drop(srv);
+}
+
+/// `net.ipv6.bindv6only=1` makes `::` sockets IPv6-only by default: the server clears
+/// IPV6_V6ONLY itself, on its TCP listeners and its UDP sockets, so IPv4 clients still reach it.
+#[test]
+fn no_host_is_dual_stack_even_where_bindv6only_is_set() {
+    let Some(ns) = NetNs::with_sysctls("bindv6only", &["net.ipv6.bindv6only=1"]) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ip netns add failed (CI runs as root)"
+        );
+        eprintln!("skipping: cannot create a network namespace (not root?)");
+        return;
+    };
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns.0,
+        BIN,
+        "--port",
+        "0",
+        "--udp-port",
+        "0",
+        "--maxListeners",
+        "2",
+    ]);
+    let srv = ServerProc::spawn(cmd);
+    let mut udp_port = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            udp_port = srv
+                .stderr()
+                .split("UDP echo on [::]:")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|p| p.parse::<u16>().ok());
+            udp_port.is_some()
+        }),
+        "{}",
+        srv.stderr()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c"])
+        .arg(
+            "import socket,sys\n\
+             tcp,udp=int(sys.argv[1]),int(sys.argv[2])\n\
+             for host,fam in (('127.0.0.1',socket.AF_INET),('::1',socket.AF_INET6)):\n\
+             \x20s=socket.create_connection((host,tcp),5); s.sendall(b'tcp'); s.shutdown(socket.SHUT_WR)\n\
+             \x20print(host, s.recv(100).decode())\n\
+             \x20u=socket.socket(fam,socket.SOCK_DGRAM); u.settimeout(5); u.sendto(b'udp',(host,udp))\n\
+             \x20print(host, u.recv(100).decode())",
+        )
+        .arg(srv.addr.port().to_string())
+        .arg(udp_port.unwrap().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "127.0.0.1 tcp\n127.0.0.1 udp\n::1 tcp\n::1 udp\n",
+        "{out:?}\n{}",
+        srv.stderr()
     );
     drop(srv);
 }
