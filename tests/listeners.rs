@@ -108,6 +108,16 @@ impl NetNs {
     }
 }
 
+/// Outside CI a test that needs its own namespace skips when it cannot make one (not root);
+/// under CI (root) that is a failure.
+fn skip_without_netns() {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "ip netns add failed (CI runs as root)"
+    );
+    eprintln!("skipping: cannot create a network namespace (not root?)");
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -117,12 +127,7 @@ impl Drop for NetNs {
 #[test]
 fn no_host_falls_back_to_ipv4_where_ipv6_is_off() {
     let Some(ns) = NetNs::without_ipv6() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ip netns add failed (CI runs as root)"
-        );
-        eprintln!("skipping: cannot create a network namespace (not root?)");
-        return;
+        return skip_without_netns();
     };
     let mut cmd = Command::new("ip");
     cmd.args([
@@ -168,12 +173,7 @@ fn no_host_falls_back_to_ipv4_where_ipv6_is_off() {
 #[test]
 fn no_host_is_dual_stack_even_where_bindv6only_is_set() {
     let Some(ns) = NetNs::with_sysctls("bindv6only", &["net.ipv6.bindv6only=1"]) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ip netns add failed (CI runs as root)"
-        );
-        eprintln!("skipping: cannot create a network namespace (not root?)");
-        return;
+        return skip_without_netns();
     };
     let mut cmd = Command::new("ip");
     cmd.args([

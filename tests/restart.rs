@@ -467,23 +467,7 @@ mod tls_churn {
     /// A self-signed P-256 certificate for localhost and 127.0.0.1, and its key, in `dir`.
     pub fn cert_pair(dir: &Path) -> (PathBuf, PathBuf) {
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=localhost", "-addext"])
-            .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self_signed_cert(&cert, &key);
         (cert, key)
     }
 

@@ -37,23 +37,7 @@ impl Certs {
     fn pair(&self, name: &str) -> (PathBuf, PathBuf) {
         let cert = self.dir.join(format!("{name}-cert.pem"));
         let key = self.dir.join(format!("{name}-key.pem"));
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=localhost", "-addext"])
-            .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self_signed_cert(&cert, &key);
         (cert, key)
     }
 }

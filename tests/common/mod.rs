@@ -329,3 +329,25 @@ pub fn connect_small_window(addr: SocketAddr) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s
 }
+
+/// Writes a self-signed P-256 certificate for localhost and 127.0.0.1 (with the
+/// subjectAltName and CA:FALSE that rustls and Python's ssl insist on) and its key.
+pub fn self_signed_cert(cert: &std::path::Path, key: &std::path::Path) {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-addext"])
+        .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
