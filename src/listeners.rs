@@ -81,6 +81,15 @@ pub fn default_host() -> IpAddr {
     }
 }
 
+/// On `::`, clears IPV6_V6ONLY whatever `net.ipv6.bindv6only` says, so IPv4 clients reach the
+/// same socket (TCP and TLS listeners, UDP sockets); any other address is left as it is.
+pub fn dual_stack(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(false)?;
+    }
+    Ok(())
+}
+
 /// Creates worker `id`'s listener: new → SO_REUSEADDR → SO_REUSEPORT → V6ONLY off (for
 /// `::`) → nonblocking → bind → listen. Errors name the worker and the step.
 pub fn bind(id: usize, addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
@@ -95,11 +104,7 @@ pub fn bind(id: usize, addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     socket
         .set_reuse_port(true)
         .map_err(|e| step("set SO_REUSEPORT", e))?;
-    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-        socket
-            .set_only_v6(false)
-            .map_err(|e| step("clear IPV6_V6ONLY", e))?;
-    }
+    dual_stack(&socket, addr).map_err(|e| step("clear IPV6_V6ONLY", e))?;
     socket
         .set_nonblocking(true)
         .map_err(|e| step("set O_NONBLOCK", e))?;

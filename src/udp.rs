@@ -127,12 +127,7 @@ impl UdpEcho {
         socket
             .set_reuse_port(true)
             .map_err(|e| step("set SO_REUSEPORT", e))?;
-        // Dual-stack on `::` whatever net.ipv6.bindv6only says, as the TCP listeners are.
-        if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
-            socket
-                .set_only_v6(false)
-                .map_err(|e| step("clear IPV6_V6ONLY", e))?;
-        }
+        crate::listeners::dual_stack(&socket, addr).map_err(|e| step("clear IPV6_V6ONLY", e))?;
         socket
             .set_nonblocking(true)
             .map_err(|e| step("set O_NONBLOCK", e))?;
