@@ -13,6 +13,17 @@ use crate::server::Config;
 
 /// A fast, correct TCP echo server: one SO_REUSEPORT listener, epoll instance and thread per
 /// worker; every byte of every client echoed back, in order.
+/// `--splice[=WHEN]`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpliceWhen {
+    /// Bulk streams on NIC-sized paths; loopback copies.
+    Auto,
+    /// Every bulk stream.
+    On,
+    /// Never.
+    Off,
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "epoll-echo", version, about, long_about = None)]
 pub struct Cli {
@@ -68,10 +79,11 @@ pub struct Cli {
     #[arg(long)]
     pub pin_cpus: bool,
 
-    /// Echo bulk streams with splice(2) through a per-worker pipe (zero-copy): less server
-    /// CPU per byte, but more, smaller packets for the client.
-    #[arg(long)]
-    pub splice: bool,
+    /// Echo bulk streams with splice(2) through a per-worker pipe (zero-copy): `auto` on
+    /// NIC-sized paths (MSS below 16 KiB) and copy on loopback, `on` (or bare `--splice`)
+    /// every bulk stream, `off` never (no pipe).
+    #[arg(long, value_name = "WHEN", value_enum, default_value = "auto", num_args = 0..=1, require_equals = true, default_missing_value = "on", hide_possible_values = true)]
+    pub splice: SpliceWhen,
 
     /// More logging (-v: per-connection debug lines).
     #[arg(short, long, conflicts_with_all = ["quiet", "log_level"])]
@@ -289,7 +301,11 @@ impl Cli {
             idle_timeout: self.idle_timeout,
             stats_interval: self.stats_interval,
             pin_cpus: self.pin_cpus,
-            splice: self.splice,
+            splice: match self.splice {
+                SpliceWhen::Auto => crate::conn::Splice::Auto,
+                SpliceWhen::On => crate::conn::Splice::On,
+                SpliceWhen::Off => crate::conn::Splice::Off,
+            },
             max_conns_per_ip: self.max_conns_per_ip,
             accept_rate_per_ip: self.accept_rate_per_ip,
             ipv6_prefix: self.ipv6_prefix,

@@ -97,6 +97,7 @@ pub const METRICS: &[Metric] = &[
     total(Counter, "epoll_echo_connections_idle_closed_total", "TCP connections closed by the idle timeout.", &[("", |s| s.idle_closed)]),
     total(Counter, "epoll_echo_bytes_received_total", "Bytes read from clients.", &[("", |s| s.bytes_in)]),
     total(Counter, "epoll_echo_bytes_sent_total", "Bytes echoed back to clients.", &[("", |s| s.bytes_out)]),
+    total(Counter, "epoll_echo_bytes_spliced_total", "Of the bytes received, those echoed with splice(2), never copied to user space (--splice).", &[("", |s| s.bytes_spliced)]),
     total(Counter, "epoll_echo_tls_handshakes_total", "TLS handshakes completed (--tls-port).", &[("", |s| s.tls.handshakes)]),
     total(Counter, "epoll_echo_tls_failures_total", "TLS connections ended by a failure, by kind.", &[
         ("reason=\"not_tls\"", |s| s.tls.not_tls),

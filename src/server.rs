@@ -48,7 +48,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub stats_interval: Option<Duration>,
     pub pin_cpus: bool,
-    pub splice: bool,
+    /// `--splice`: which bulk streams splice.
+    pub splice: crate::conn::Splice,
     /// `--max-conns-per-ip`; 0: unlimited.
     pub max_conns_per_ip: u32,
     /// `--accept-rate-per-ip`; 0: unlimited.
@@ -83,7 +84,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             stats_interval: None,
             pin_cpus: false,
-            splice: false,
+            splice: crate::conn::Splice::Auto,
             max_conns_per_ip: 0,
             accept_rate_per_ip: 0,
             ipv6_prefix: crate::limits::DEFAULT_IPV6_PREFIX,
@@ -256,7 +257,8 @@ impl Server {
             .metrics_addr
             .map(|a| metrics::Endpoint::start(a, shared.clone()))
             .transpose()?;
-        if config.splice {
+        let splice = config.splice != crate::conn::Splice::Off;
+        if splice {
             sys::ignore_sigpipe();
         }
         let udp_fds = u64::from(config.udp_port.is_some()); // the UDP socket (#12)
@@ -265,8 +267,8 @@ impl Server {
         #[cfg(not(feature = "tls"))]
         let tls_on = false;
         let tls_fds = if tls_on { TLS_FDS_PER_WORKER } else { 0 };
-        let reserved = (fds_per_worker(config.splice) + udp_fds + tls_fds) * config.workers as u64
-            + FDS_FOR_PROCESS;
+        let reserved =
+            (fds_per_worker(splice) + udp_fds + tls_fds) * config.workers as u64 + FDS_FOR_PROCESS;
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| nofile.saturating_sub(reserved).max(1) as usize);

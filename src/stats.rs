@@ -14,6 +14,8 @@ pub struct Counters {
     pub idle_closed: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Of `bytes_in`: echoed with splice(2) (never in user space).
+    pub bytes_spliced: u64,
     pub udp: UdpCounters,
     pub per_ip: PerIpCounters,
     pub tls: TlsCounters,
@@ -158,6 +160,7 @@ pub struct WorkerStats {
     idle_closed: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    bytes_spliced: AtomicU64,
     udp_in: AtomicU64,
     udp_out: AtomicU64,
     udp_drop_port: AtomicU64,
@@ -183,6 +186,7 @@ pub struct Snapshot {
     pub idle_closed: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub bytes_spliced: u64,
     pub udp: UdpCounters,
     pub per_ip: PerIpCounters,
     pub tls: TlsCounters,
@@ -198,6 +202,7 @@ impl WorkerStats {
         self.idle_closed.store(c.idle_closed, Relaxed);
         self.bytes_in.store(c.bytes_in, Relaxed);
         self.bytes_out.store(c.bytes_out, Relaxed);
+        self.bytes_spliced.store(c.bytes_spliced, Relaxed);
         self.udp_in.store(c.udp.received, Relaxed);
         self.udp_out.store(c.udp.echoed, Relaxed);
         self.udp_drop_port.store(c.udp.drop_port, Relaxed);
@@ -231,6 +236,7 @@ impl WorkerStats {
             idle_closed: self.idle_closed.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
+            bytes_spliced: self.bytes_spliced.load(Relaxed),
             udp: UdpCounters {
                 received: self.udp_in.load(Relaxed),
                 echoed: self.udp_out.load(Relaxed),
@@ -279,6 +285,7 @@ impl std::ops::Add for Snapshot {
             idle_closed: self.idle_closed + o.idle_closed,
             bytes_in: self.bytes_in + o.bytes_in,
             bytes_out: self.bytes_out + o.bytes_out,
+            bytes_spliced: self.bytes_spliced + o.bytes_spliced,
             udp: self.udp + o.udp,
             per_ip: self.per_ip + o.per_ip,
             tls: self.tls + o.tls,

@@ -216,14 +216,13 @@ fn descriptors_return_to_baseline() {
 /// that reservation must count every descriptor a worker really holds (splice pipes included).
 #[test]
 fn the_descriptor_budget_counts_every_worker_descriptor() {
-    for splice in [false, true] {
-        let count = |workers: &str| {
-            let mut args = vec!["--maxListeners", workers];
-            if splice {
-                args.push("--splice");
-            }
-            ServerProc::start(&args).fd_count() as u64
-        };
+    for (flag, splice) in [
+        ("--splice=off", false),
+        ("--splice", true),
+        ("--splice=auto", true), // the default: a pipe per worker
+    ] {
+        let count =
+            |workers: &str| ServerProc::start(&["--maxListeners", workers, flag]).fd_count() as u64;
         let one = count("1");
         let four = count("4");
         let per_worker = epoll_echo::worker::fds_per_worker(splice);

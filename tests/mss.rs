@@ -152,9 +152,14 @@ impl VethPath {
     }
 
     fn server(&self) -> ServerProc {
+        self.server_with(&[])
+    }
+
+    fn server_with(&self, args: &[&str]) -> ServerProc {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns, BIN])
-            .args(["--host", &self.server_ip, "--port", "0"]);
+            .args(["--host", &self.server_ip, "--port", "0"])
+            .args(args);
         ServerProc::spawn(cmd)
     }
 }
@@ -212,4 +217,83 @@ fn a_veth_path_at_mtu_1500_echoes_several_mib_intact() {
 #[test]
 fn a_veth_path_at_mtu_576_echoes_several_mib_intact() {
     veth_echo(1, 576, 524);
+}
+
+/// `epoll_echo_bytes_spliced_total` from the server's /metrics (its "metrics on" line).
+fn spliced(srv: &ServerProc) -> u64 {
+    let log = srv.stderr();
+    let addr: SocketAddr = log
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split("/metrics").next())
+        .unwrap_or_else(|| panic!("no metrics line in: {log}"))
+        .parse()
+        .expect("metrics address");
+    let mut s = TcpStream::connect(addr).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("epoll_echo_bytes_spliced_total "))
+        .unwrap_or_else(|| panic!("no spliced counter in: {body}"))
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// Reads the counter until it stops moving (the worker publishes after each loop turn).
+fn spliced_settled(srv: &ServerProc) -> u64 {
+    let mut last = spliced(srv);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = spliced(srv);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn splice_auto_splices_on_a_1500_byte_path_and_copies_on_loopback() {
+    const N: usize = 6 << 20;
+    // Loopback (MSS 65,483): copied, by default; spliced with a bare --splice (= on).
+    let srv = ServerProc::start(&["--metrics-addr", "127.0.0.1:0"]);
+    echo_intact(client(srv.addr, None, None), &pattern(N, 1));
+    assert_eq!(spliced_settled(&srv), 0, "loopback copies under auto");
+    let srv = ServerProc::start(&["--metrics-addr", "127.0.0.1:0", "--splice"]);
+    echo_intact(client(srv.addr, None, None), &pattern(N, 2));
+    let n = spliced_settled(&srv);
+    assert!(
+        n >= N as u64 / 2,
+        "--splice splices loopback too: {n} of {N}"
+    );
+    // A loopback client with a small MSS (a NIC-sized path) is spliced under auto.
+    let srv = ServerProc::start(&["--metrics-addr", "127.0.0.1:0"]);
+    echo_intact(client(srv.addr, Some(1400), None), &pattern(N, 3));
+    let n = spliced_settled(&srv);
+    assert!(n >= N as u64 / 2, "MSS 1400 splices under auto: {n} of {N}");
+
+    let Some(path) = VethPath::new(2, 1500) else {
+        return;
+    };
+    let metrics = format!("{}:0", path.server_ip);
+    for (args, want) in [
+        (vec!["--metrics-addr", &metrics], true),
+        (vec!["--metrics-addr", &metrics, "--splice=auto"], true),
+        (vec!["--metrics-addr", &metrics, "--splice=off"], false),
+    ] {
+        let mut srv = path.server_with(&args);
+        echo_intact(client(srv.addr, None, None), &pattern(N, 4));
+        let n = spliced_settled(&srv);
+        if want {
+            assert!(n >= N as u64 / 2, "{args:?}: {n} of {N} spliced");
+        } else {
+            assert_eq!(n, 0, "{args:?}");
+        }
+        srv.signal("TERM");
+        srv.assert_exit(0, Duration::from_secs(10));
+    }
 }

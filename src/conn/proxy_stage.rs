@@ -109,7 +109,7 @@ mod tests {
             max_pending: 1 << 20,
             read_len: 4096,
             budget: 1 << 20,
-            splice: false,
+            splice: crate::conn::Splice::Off,
         }
     }
 

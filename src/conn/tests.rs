@@ -6,7 +6,7 @@ fn params() -> Params {
         max_pending: 100,
         read_len: 16,
         budget: 64,
-        splice: false,
+        splice: crate::conn::Splice::Off,
     }
 }
 
@@ -49,7 +49,41 @@ fn only_the_unsent_tail_is_kept_and_flushed_on_the_next_edge() {
 }
 
 #[test]
-fn reading_stops_above_the_pending_cap_and_resumes_when_it_drains() {
+fn small_messages_read_on_up_to_the_pending_cap_and_resume_when_it_drains() {
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(
+        &Params {
+            budget: 1 << 20,
+            ..params()
+        },
+        0,
+    );
+    // 10-byte messages (never a full read: not a bulk stream) to a client that reads nothing.
+    let data = [7u8; 10];
+    let mut reads = 0;
+    loop {
+        c.on_readiness(Readiness::READABLE);
+        match c.poll(&mut t) {
+            Action::Read => {}
+            _ => break,
+        }
+        c.on_read(&mut t, ReadResult::Data(&data));
+        if let Action::SendInput(_) = c.poll(&mut t) {
+            c.on_send_input(&mut t, SendResult::WouldBlock, &data);
+        }
+        reads += 1;
+        assert!(reads < 100);
+    }
+    assert!(c.pending_len() > 100 && c.pending_len() <= 100 + 10);
+    assert!(c.is_readable(), "input is left unread, not forgotten");
+    c.on_readiness(Readiness::WRITABLE);
+    assert_eq!(c.poll(&mut t), Action::Send);
+    c.on_sent(&mut t, SendResult::Sent(c.pending_len()));
+    assert_eq!(c.poll(&mut t), Action::Read, "reading resumes");
+}
+
+#[test]
+fn a_bulk_stream_reads_only_when_its_last_echo_is_all_sent() {
     let mut c = Conn::new(0);
     let mut t = Turn::new(
         &Params {
@@ -60,29 +94,29 @@ fn reading_stops_above_the_pending_cap_and_resumes_when_it_drains() {
     );
     c.on_readiness(Readiness::READABLE);
     let data = [7u8; 16];
-    let mut reads = 0;
-    loop {
-        match c.poll(&mut t) {
-            Action::Read => {}
-            Action::QueryMss => {
-                c.on_mss(&t, Some(1448)); // above the read length: reads stay at 16
-                continue;
-            }
-            _ => break,
-        }
-        c.on_read(&mut t, ReadResult::Data(&data));
-        if let Action::SendInput(_) = c.poll(&mut t) {
-            c.on_send_input(&mut t, SendResult::WouldBlock, &data);
-        }
-        reads += 1;
-        assert!(reads < 100);
-    }
-    assert!(c.pending_len() > 100 && c.pending_len() <= 100 + 16);
+    assert_eq!(c.poll(&mut t), Action::Read);
+    c.on_read(&mut t, ReadResult::Data(&data)); // a full read: bulk
+    assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
+    c.on_send_input(&mut t, SendResult::Sent(16), &data);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(1448));
+    assert_eq!(c.poll(&mut t), Action::Read);
+    c.on_read(&mut t, ReadResult::Data(&data));
+    assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
+    c.on_send_input(&mut t, SendResult::Sent(5), &data);
+    // 11 bytes pending, far below the cap of 100: still no read until they are sent; the
+    // backlog waits in the kernel (TCP's window slows the client), not in pending output.
+    assert!(c.is_backpressured(100));
+    assert_eq!(c.poll(&mut t), Action::Wait);
     assert!(c.is_readable(), "input is left unread, not forgotten");
     c.on_readiness(Readiness::WRITABLE);
     assert_eq!(c.poll(&mut t), Action::Send);
-    c.on_sent(&mut t, SendResult::Sent(c.pending_len()));
-    assert_eq!(c.poll(&mut t), Action::Read, "reading resumes");
+    c.on_sent(&mut t, SendResult::Sent(6));
+    assert_eq!(c.poll(&mut t), Action::Wait, "5 bytes still pending");
+    c.on_readiness(Readiness::WRITABLE);
+    assert_eq!(c.poll(&mut t), Action::Send);
+    c.on_sent(&mut t, SendResult::Sent(5));
+    assert_eq!(c.poll(&mut t), Action::Read, "all sent: reading resumes");
 }
 
 #[test]
@@ -169,7 +203,7 @@ fn errors_close_and_eintr_retries() {
 #[test]
 fn bulk_streams_splice_and_small_ones_go_back_to_copying() {
     let p = Params {
-        splice: true,
+        splice: crate::conn::Splice::On,
         ..params()
     };
     let mut c = Conn::new(0);
@@ -179,6 +213,12 @@ fn bulk_streams_splice_and_small_ones_go_back_to_copying() {
     c.on_read(&mut t, ReadResult::Data(&[0u8; 16])); // filled the buffer: bulk
     assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
     c.on_send_input(&mut t, SendResult::Sent(16), &[0u8; 16]);
+    assert_eq!(
+        c.poll(&mut t),
+        Action::QueryMss,
+        "asked once per bulk phase"
+    );
+    c.on_mss(&t, Some(65_483)); // `on` splices whatever the path
     assert_eq!(c.poll(&mut t), Action::Splice);
     c.on_splice(
         &mut t,
@@ -306,7 +346,7 @@ fn bulk_params() -> Params {
         max_pending: 1 << 18,
         read_len: 65_536,
         budget: 1 << 30,
-        splice: false,
+        splice: crate::conn::Splice::Off,
     }
 }
 
@@ -480,4 +520,52 @@ fn loopback_asks_again_while_its_mss_grows_with_the_window() {
     c.on_mss(&t, Some(32_768));
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::Read);
+}
+
+#[test]
+fn auto_splices_bulk_streams_on_nic_sized_paths_only() {
+    let p = Params {
+        splice: Splice::Auto,
+        ..params()
+    };
+    for (mss, want) in [
+        (Some(536), Action::Splice),
+        (Some(1448), Action::Splice),
+        (Some(8948), Action::Splice),
+        (Some(SPLICE_AUTO_MSS - 1), Action::Splice),
+        (Some(SPLICE_AUTO_MSS), Action::Read),
+        (Some(32_768), Action::Read),
+        (Some(65_483), Action::Read),
+        (Some(0), Action::Read),
+        (None, Action::Read), // unknown: copy
+    ] {
+        let mut c = Conn::new(0);
+        let mut t = Turn::new(&p, 0);
+        c.on_readiness(Readiness::READABLE);
+        assert_eq!(c.poll(&mut t), Action::Read, "not bulk yet: copy");
+        c.on_read(&mut t, ReadResult::Data(&[0u8; 16]));
+        assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
+        c.on_send_input(&mut t, SendResult::Sent(16), &[0u8; 16]);
+        assert_eq!(c.poll(&mut t), Action::QueryMss);
+        c.on_mss(&t, mss);
+        assert_eq!(c.poll(&mut t), want, "{mss:?}");
+    }
+    // Urgent data and a pipe gone bad (the turn's mode turned off) mean copying.
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(&p, 0);
+    c.on_readiness(Readiness::READABLE);
+    c.on_read(&mut t, ReadResult::Data(&[0u8; 16]));
+    c.on_send_input(&mut t, SendResult::Sent(16), &[0u8; 16]);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(1448));
+    c.on_readiness(Readiness::PRI);
+    assert_eq!(c.poll(&mut t), Action::Read, "urgent data is copied");
+    let mut c = Conn::new(0);
+    c.on_readiness(Readiness::READABLE);
+    c.on_read(&mut t, ReadResult::Data(&[0u8; 16]));
+    c.on_send_input(&mut t, SendResult::Sent(16), &[0u8; 16]);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(&t, Some(1448));
+    t.disable_splice();
+    assert_eq!(c.poll(&mut t), Action::Read, "no pipe: copy");
 }

@@ -35,7 +35,9 @@ pub mod tls;
 use std::time::Duration;
 
 use crate::conn::proxy_stage::{EOF_IN_HEADER, is_proxy_reason};
-use crate::conn::{Client, CloseReason, Conn, Params, ProxyStage, SPLICE_LEN, TICK, ticks_ceil};
+use crate::conn::{
+    Client, CloseReason, Conn, Params, ProxyStage, SPLICE_LEN, Splice, TICK, ticks_ceil,
+};
 use crate::worker::conns::Conns;
 use crate::worker::drain::QUIET;
 use crate::worker::service;
@@ -217,7 +219,7 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
     let read_len = pick(src, &[1usize, 2, 7, 100, 1460, 4096, 65483, 65536]);
     let budget = read_len * pick(src, &[1usize, 2, 4, 16]);
     let max_pending = pick(src, &[1usize, 10, 1000, 65536, 262_144]);
-    let splice = chance(src, 30);
+    let splice = pick(src, &[Splice::Off, Splice::Off, Splice::Auto, Splice::On]);
     let idle = match below(src, 3) {
         0 => Duration::ZERO,
         _ => TICK * (1 + below(src, 60) as u32),
@@ -255,7 +257,7 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
         conns: Conns::new(params, idle),
         peers: Vec::new(),
         slot: Vec::new(),
-        pipe: splice.then(Vec::new),
+        pipe: (splice != Splice::Off).then(Vec::new),
         buf: vec![0u8; read_len.max(SPLICE_LEN)],
         now: below(src, 1000) as u32,
         params,
@@ -272,7 +274,7 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
     };
     let ctx = |w: &World, e: String| {
         format!(
-            "step {}: {e} [read_len={} budget={} max_pending={} splice={} idle={:?} shutdown_timeout={:?} proxy_timeout_ticks={:?} tls={:?}]",
+            "step {}: {e} [read_len={} budget={} max_pending={} splice={:?} idle={:?} shutdown_timeout={:?} proxy_timeout_ticks={:?} tls={:?}]",
             w.step, read_len, budget, max_pending, splice, idle, shutdown_timeout, proxy, tls
         )
     };
@@ -524,7 +526,7 @@ impl World {
         let break_pipe = had_pipe && chance(src, 1);
         let mut closed: Vec<(u32, Conn, CloseReason)> = Vec::new();
         let (peers, pipe, buf, now) = (&mut self.peers, &mut self.pipe, &mut self.buf, self.now);
-        let read_cap = self.params.read_len.min(crate::conn::MAX_SIZED_READ);
+        let read_cap = self.params.read_len;
         let mut broken_for = None;
         let mut leftover = None;
         let mut record = |id: u32, conn: Conn, why: CloseReason| closed.push((id, conn, why));

@@ -256,7 +256,7 @@ pub fn fuzz_stage(data: &[u8]) -> Result<(), String> {
         max_pending,
         read_len,
         budget: read_len * 4,
-        splice: false,
+        splice: crate::conn::Splice::Off,
     };
     let tally = Arc::new(TlsTally::default());
     let stage =

@@ -17,6 +17,8 @@ use crate::conn::{CloseReason, Conn, Params, Readiness, Tick, Turn};
 pub struct Moved {
     pub read: u64,
     pub written: u64,
+    /// Of `read`: spliced.
+    pub spliced: u64,
     /// A turn found the splice pipe unusable: the worker must stop splicing.
     pub pipe_broken: bool,
 }
@@ -93,7 +95,7 @@ impl<S> Conns<S> {
     }
 
     pub fn disable_splice(&mut self) {
-        self.params.splice = false;
+        self.params.splice = crate::conn::Splice::Off;
     }
 
     /// Closes one connection for `why` (it leaves the table and goes to `closed`).
@@ -128,6 +130,7 @@ impl<S> Conns<S> {
             let outcome = serve(sock, conn, &mut turn);
             moved.read += turn.read as u64;
             moved.written += turn.written as u64;
+            moved.spliced += turn.spliced as u64;
             let quiet = self.drain.as_ref().and_then(|d| d.after_turn(conn, now));
             self.table.touch(idx, before);
             match outcome {
@@ -135,7 +138,7 @@ impl<S> Conns<S> {
                 Outcome::Close(why) => self.close(idx, why, closed),
                 Outcome::CloseAndDropPipe(why) => {
                     moved.pipe_broken = true;
-                    self.params.splice = false;
+                    self.params.splice = crate::conn::Splice::Off;
                     self.close(idx, why, closed);
                 }
                 Outcome::Wait => {

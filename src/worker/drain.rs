@@ -107,7 +107,7 @@ mod tests {
                 max_pending: 10,
                 read_len: 10,
                 budget: 10,
-                splice: false,
+                splice: crate::conn::Splice::Off,
             };
             let mut turn = crate::conn::Turn::new(&p, 50);
             assert_eq!(c.poll(&mut turn), crate::conn::Action::Read);

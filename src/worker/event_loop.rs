@@ -178,6 +178,7 @@ impl Worker {
         drop(closed);
         self.counters.bytes_in += moved.read;
         self.counters.bytes_out += moved.written;
+        self.counters.bytes_spliced += moved.spliced;
         if moved.pipe_broken && self.pipe.take().is_some() {
             log!(
                 Level::Warn,

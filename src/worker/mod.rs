@@ -30,14 +30,16 @@
 //!   behind it queued) it reads on to `EAGAIN`.
 //! - **Writable** stays set until a send is short or returns `EAGAIN`; what the socket did not
 //!   take goes to the connection's pending output, and the next `EPOLLOUT` edge flushes it.
-//! - **Backpressure**: while pending output exceeds `--max-pending`, the worker stops reading
-//!   that client (readable stays set), so TCP flow control slows the sender; when EPOLLOUT
-//!   drains the pending output, reading resumes. Memory per client ≤ cap + one read buffer.
+//! - **Backpressure**: while pending output exceeds `--max-pending` (a bulk stream: while any
+//!   is pending), the worker stops reading that client (readable stays set), so TCP flow
+//!   control slows the sender; when EPOLLOUT drains the pending output, reading resumes.
+//!   Memory per client ≤ cap + one read buffer.
 //! - **Fairness**: one turn reads at most [`TURN_BUDGET`] bytes from a connection. A connection
 //!   still readable after its budget goes to the back of the run queue, and the worker polls
 //!   epoll without blocking until the queue is empty, so a fast sender cannot starve others.
-//! - **Splice** (opt-in, `--splice`): a connection whose read filled the buffer is a bulk
-//!   stream; while it stays one, it is echoed socket → worker pipe → socket with splice(2), and
+//! - **Splice** (`--splice`, default `auto`: paths with an MSS below 16 KiB, not loopback): a
+//!   connection whose read filled the buffer is a bulk stream; once it knows its MSS, while it
+//!   stays one, it is echoed socket → worker pipe → socket with splice(2), and
 //!   only `EAGAIN` counts as drained (a short splice may just have run out of pipe slots). The
 //!   pipe is empty after every call; if it cannot be emptied, the worker stops splicing.
 //!
@@ -103,8 +105,8 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub pin_cpu: Option<usize>,
-    /// Echo bulk streams with splice(2) through a per-worker pipe.
-    pub splice: bool,
+    /// Which bulk streams splice(2) through a per-worker pipe (none: no pipe).
+    pub splice: crate::conn::Splice,
     /// The UDP echo socket (`--udp-port`), if on.
     pub udp: Option<UdpConfig>,
     /// Per-client admission (`--max-conns-per-ip`, `--accept-rate-per-ip`, `--proxy-protocol`).
@@ -269,8 +271,7 @@ impl Worker {
             None => None,
         };
         // Without a pipe (descriptors short at startup), bulk streams are copied instead.
-        let pipe = cfg
-            .splice
+        let pipe = (cfg.splice != crate::conn::Splice::Off)
             .then(sys::pipe)
             .and_then(Result::ok)
             .map(|(r, w)| {
@@ -282,7 +283,11 @@ impl Worker {
             max_pending: cfg.max_pending,
             read_len: BUF_SIZE,
             budget: TURN_BUDGET,
-            splice: pipe.is_some(),
+            splice: if pipe.is_some() {
+                cfg.splice
+            } else {
+                crate::conn::Splice::Off
+            },
         };
         Ok(Worker {
             conns: Conns::new(params, cfg.idle_timeout),

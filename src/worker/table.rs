@@ -325,7 +325,7 @@ mod tests {
                 max_pending: 100,
                 read_len: 10,
                 budget: 10,
-                splice: false,
+                splice: crate::conn::Splice::Off,
             },
             11,
         );
