@@ -86,8 +86,6 @@ pub fn ticks_ceil(d: Duration) -> u64 {
 
 /// Bytes moved per splice: the same as one buffered read, so the memory bound is unchanged.
 pub const SPLICE_LEN: usize = 64 * 1024;
-/// A splice that moves less than this ends the bulk mode: small messages are cheaper copied.
-pub const SPLICE_MIN: usize = 4096;
 
 /// A bulk stream quiet for this many ticks (1 s) starts a new bulk phase: its next full read
 /// asks the socket its MSS again (the path may have changed meanwhile). A stream that never
@@ -732,9 +730,6 @@ impl Conn {
                 turn.spliced += read;
                 if sent < read {
                     self.flags &= !flag::WRITABLE;
-                }
-                if read < SPLICE_MIN {
-                    self.flags &= !(flag::BULK | flag::SIZED);
                 }
                 match failed {
                     Some(kind) => self.error = Some(kind),
