@@ -572,3 +572,43 @@ fn auto_splices_bulk_streams_on_nic_sized_paths_only() {
     t.disable_splice();
     assert_eq!(c.poll(&mut t), Action::Read, "no pipe: copy");
 }
+
+/// A stage that echoes everything through pending output and stays (as TLS does).
+#[derive(Debug)]
+struct Relay;
+
+impl Stage for Relay {
+    fn on_input(&mut self, data: &[u8], out: &mut Pending) -> Flow {
+        out.push(data);
+        Flow::Hold
+    }
+}
+
+#[test]
+fn behind_a_stage_a_bulk_stream_reads_on_up_to_the_pending_cap() {
+    let mut c = Conn::new(0);
+    c.push_stage(Box::new(Relay));
+    let mut t = Turn::new(
+        &Params {
+            budget: 1 << 20,
+            ..params()
+        },
+        0,
+    );
+    c.on_readiness(Readiness::READABLE);
+    let data = [3u8; 16];
+    assert_eq!(c.poll(&mut t), Action::Read);
+    c.on_read(&mut t, ReadResult::Data(&data)); // a full read: bulk
+    assert_eq!(c.poll(&mut t), Action::Send);
+    c.on_sent(&mut t, SendResult::Sent(4));
+    // 12 bytes pending: a plain bulk stream would wait; the stage's output keeps flowing.
+    assert!(!c.is_backpressured(100));
+    let mut reads = 1;
+    while c.poll(&mut t) == Action::Read {
+        c.on_read(&mut t, ReadResult::Data(&data));
+        reads += 1;
+        assert!(reads < 100);
+    }
+    assert!(c.pending_len() > 100 && c.pending_len() <= 100 + 16);
+    assert!(c.is_backpressured(100));
+}
