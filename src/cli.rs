@@ -79,10 +79,11 @@ pub struct Cli {
     #[arg(long)]
     pub pin_cpus: bool,
 
-    /// Echo bulk streams with splice(2) through a per-worker pipe (zero-copy): `auto` on
-    /// NIC-sized paths (MSS below 16 KiB) and copy on loopback, `on` (or bare `--splice`)
-    /// every bulk stream, `off` never (no pipe).
-    #[arg(long, value_name = "WHEN", value_enum, default_value = "auto", num_args = 0..=1, require_equals = true, default_missing_value = "on", hide_possible_values = true)]
+    /// Echo bulk streams with splice(2) through a per-worker pipe (zero-copy): `off` never (no
+    /// pipe), `on` (or bare `--splice`) every bulk stream, `auto` those on NIC-sized paths (MSS
+    /// below 16 KiB) and not loopback. Less server CPU per byte, more for a client on the same
+    /// host.
+    #[arg(long, value_name = "WHEN", value_enum, default_value = "off", num_args = 0..=1, require_equals = true, default_missing_value = "on", hide_possible_values = true)]
     pub splice: SpliceWhen,
 
     /// More logging (-v: per-connection debug lines).

@@ -84,7 +84,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             stats_interval: None,
             pin_cpus: false,
-            splice: crate::conn::Splice::Auto,
+            splice: crate::conn::Splice::Off,
             max_conns_per_ip: 0,
             accept_rate_per_ip: 0,
             ipv6_prefix: crate::limits::DEFAULT_IPV6_PREFIX,

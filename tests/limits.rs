@@ -219,7 +219,7 @@ fn the_descriptor_budget_counts_every_worker_descriptor() {
     for (flag, splice) in [
         ("--splice=off", false),
         ("--splice", true),
-        ("--splice=auto", true), // the default: a pipe per worker
+        ("--splice=auto", true),
     ] {
         let count =
             |workers: &str| ServerProc::start(&["--maxListeners", workers, flag]).fd_count() as u64;

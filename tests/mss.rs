@@ -259,8 +259,8 @@ fn spliced_settled(srv: &ServerProc) -> u64 {
 #[test]
 fn splice_auto_splices_on_a_1500_byte_path_and_copies_on_loopback() {
     const N: usize = 6 << 20;
-    // Loopback (MSS 65,483): copied, by default; spliced with a bare --splice (= on).
-    let srv = ServerProc::start(&["--metrics-addr", "127.0.0.1:0"]);
+    // Loopback (MSS 65,483): copied under auto; spliced with a bare --splice (= on).
+    let srv = ServerProc::start(&["--metrics-addr", "127.0.0.1:0", "--splice=auto"]);
     echo_intact(client(srv.addr, None, None), &pattern(N, 1));
     assert_eq!(spliced_settled(&srv), 0, "loopback copies under auto");
     let srv = ServerProc::start(&["--metrics-addr", "127.0.0.1:0", "--splice"]);
@@ -271,7 +271,7 @@ fn splice_auto_splices_on_a_1500_byte_path_and_copies_on_loopback() {
         "--splice splices loopback too: {n} of {N}"
     );
     // A loopback client with a small MSS (a NIC-sized path) is spliced under auto.
-    let srv = ServerProc::start(&["--metrics-addr", "127.0.0.1:0"]);
+    let srv = ServerProc::start(&["--metrics-addr", "127.0.0.1:0", "--splice=auto"]);
     echo_intact(client(srv.addr, Some(1400), None), &pattern(N, 3));
     let n = spliced_settled(&srv);
     assert!(n >= N as u64 / 2, "MSS 1400 splices under auto: {n} of {N}");
@@ -281,8 +281,9 @@ fn splice_auto_splices_on_a_1500_byte_path_and_copies_on_loopback() {
     };
     let metrics = format!("{}:0", path.server_ip);
     for (args, want) in [
-        (vec!["--metrics-addr", &metrics], true),
+        (vec!["--metrics-addr", &metrics], false), // the default copies
         (vec!["--metrics-addr", &metrics, "--splice=auto"], true),
+        (vec!["--metrics-addr", &metrics, "--splice"], true),
         (vec!["--metrics-addr", &metrics, "--splice=off"], false),
     ] {
         let mut srv = path.server_with(&args);

@@ -103,10 +103,11 @@ pub const SPLICE_AUTO_MSS: usize = 16 * 1024;
 /// When bulk streams are echoed with splice(2) (`--splice`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Splice {
-    /// Never: every byte is copied through the worker's buffer (no pipe).
+    /// Never: every byte is copied through the worker's buffer (no pipe). The default: see
+    /// the README (splicing moved work to a client on the same host, not off the machine).
+    #[default]
     Off,
     /// Bulk streams on a NIC-sized path (MSS below [`SPLICE_AUTO_MSS`]); loopback copies.
-    #[default]
     Auto,
     /// Every bulk stream.
     On,

@@ -37,7 +37,7 @@
 //! - **Fairness**: one turn reads at most [`TURN_BUDGET`] bytes from a connection. A connection
 //!   still readable after its budget goes to the back of the run queue, and the worker polls
 //!   epoll without blocking until the queue is empty, so a fast sender cannot starve others.
-//! - **Splice** (`--splice`, default `auto`: paths with an MSS below 16 KiB, not loopback): a
+//! - **Splice** (`--splice`; `auto`: paths with an MSS below 16 KiB, not loopback): a
 //!   connection whose read filled the buffer is a bulk stream; once it knows its MSS, while it
 //!   stays one, it is echoed socket → worker pipe → socket with splice(2), and
 //!   only `EAGAIN` counts as drained (a short splice may just have run out of pipe slots). The
