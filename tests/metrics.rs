@@ -16,14 +16,7 @@ fn start(args: &[&str]) -> (ServerProc, SocketAddr) {
     let mut all = vec!["--metrics-addr", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let srv = ServerProc::start(&all);
-    let log = srv.stderr();
-    let addr = log
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|r| r.split("/metrics").next())
-        .unwrap_or_else(|| panic!("no metrics line in: {log}"))
-        .parse()
-        .expect("metrics address");
+    let addr = common::metrics_addr(&srv);
     (srv, addr)
 }
 

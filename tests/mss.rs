@@ -221,15 +221,7 @@ fn a_veth_path_at_mtu_576_echoes_several_mib_intact() {
 
 /// `epoll_echo_bytes_spliced_total` from the server's /metrics (its "metrics on" line).
 fn spliced(srv: &ServerProc) -> u64 {
-    let log = srv.stderr();
-    let addr: SocketAddr = log
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|r| r.split("/metrics").next())
-        .unwrap_or_else(|| panic!("no metrics line in: {log}"))
-        .parse()
-        .expect("metrics address");
-    let mut s = TcpStream::connect(addr).expect("connect to metrics");
+    let mut s = TcpStream::connect(common::metrics_addr(srv)).expect("connect to metrics");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();

@@ -351,3 +351,14 @@ pub fn self_signed_cert(cert: &std::path::Path, key: &std::path::Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The address of a server's `--metrics-addr` endpoint, from its "metrics on" startup line.
+pub fn metrics_addr(srv: &ServerProc) -> SocketAddr {
+    let log = srv.stderr();
+    log.split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split("/metrics").next())
+        .unwrap_or_else(|| panic!("no metrics line in: {log}"))
+        .parse()
+        .expect("metrics address")
+}
