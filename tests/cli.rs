@@ -62,6 +62,11 @@ fn bad_values_exit_2_naming_the_flag() {
         (&["--shutdown-timeout", "5 parsecs"], "--shutdown-timeout"),
         (&["--stats-interval", "often"], "--stats-interval"),
         (&["--log-level", "loud"], "--log-level"),
+        (&["--splice=sometimes"], "--splice"),
+        (&["--splice="], "--splice"),
+        // The value must be joined with `=` (a bare --splice means on): a separate word is
+        // refused, named, rather than taken as the mode.
+        (&["--splice", "auto"], "'auto'"),
         (&["--no-such-flag"], "--no-such-flag"),
     ];
     for (args, flag) in cases {

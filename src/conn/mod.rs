@@ -14,7 +14,7 @@
 //! loop {
 //!     match conn.poll(&mut turn) {
 //!         Action::Read          => read(fd, &mut buf[..conn.read_len(&turn)]) → conn.on_read(&mut turn, ReadResult)
-//!         Action::QueryMss      => getsockopt(TCP_MAXSEG)  → conn.on_mss(&turn, Some(mss))
+//!         Action::QueryMss      => getsockopt(TCP_MAXSEG)  → conn.on_mss(Some(mss))
 //!         Action::SendInput(r)  => send(fd, &buf[r])     → conn.on_send_input(&mut turn, SendResult, &buf[r])
 //!         Action::Send          => send(fd, conn.transmit()) → conn.on_sent(&mut turn, SendResult)
 //!         Action::Splice        => socket → pipe → socket   → conn.on_splice(&mut turn, SpliceResult)
@@ -596,7 +596,7 @@ impl Conn {
 
     /// Reports the result of [`Action::QueryMss`]: the socket's `TCP_MAXSEG`, or `None` if it
     /// could not be had (then this phase reads the turn's length; no second query).
-    pub fn on_mss(&mut self, _turn: &Turn, mss: Option<usize>) {
+    pub fn on_mss(&mut self, mss: Option<usize>) {
         // A TCP MSS fits 16 bits (the option is 16 bits; loopback's is 65,483 at most).
         self.mss = mss.map_or(0, |m| m.min(usize::from(u16::MAX)) as u16);
         self.flags |= flag::SIZED;

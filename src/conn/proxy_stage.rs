@@ -152,7 +152,7 @@ mod tests {
                         sent.extend_from_slice(c.transmit());
                         c.on_sent(&mut turn, SendResult::Sent(n));
                     }
-                    Action::QueryMss => c.on_mss(&turn, None),
+                    Action::QueryMss => c.on_mss(None),
                     Action::Close(why) => return (sent, Some(why), asked),
                     Action::Wait | Action::Yield | Action::Splice => break,
                 }

@@ -99,7 +99,7 @@ fn a_bulk_stream_reads_only_when_its_last_echo_is_all_sent() {
     assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
     c.on_send_input(&mut t, SendResult::Sent(16), &data);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(1448));
+    c.on_mss(Some(1448));
     assert_eq!(c.poll(&mut t), Action::Read);
     c.on_read(&mut t, ReadResult::Data(&data));
     assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
@@ -129,7 +129,7 @@ fn the_budget_yields_to_the_others() {
         if i == 1 {
             // The first full read made it a bulk stream: it asks for its MSS once.
             assert_eq!(c.poll(&mut t), Action::QueryMss);
-            c.on_mss(&t, Some(1448));
+            c.on_mss(Some(1448));
         }
         assert_eq!(c.poll(&mut t), Action::Read);
         c.on_read(&mut t, ReadResult::Data(&data));
@@ -218,7 +218,7 @@ fn bulk_streams_splice_until_they_pause() {
         Action::QueryMss,
         "asked once per bulk phase"
     );
-    c.on_mss(&t, Some(65_483)); // `on` splices whatever the path
+    c.on_mss(Some(65_483)); // `on` splices whatever the path
     assert_eq!(c.poll(&mut t), Action::Splice);
     c.on_splice(
         &mut t,
@@ -364,7 +364,7 @@ fn a_bulk_stream_asks_its_mss_once_and_reads_whole_segments() {
         Action::QueryMss,
         "a full read: a bulk stream"
     );
-    c.on_mss(&t, Some(1448));
+    c.on_mss(Some(1448));
     for _ in 0..3 {
         full_read(&mut c, &mut t, 65_160);
     }
@@ -408,7 +408,7 @@ fn a_new_bulk_phase_learns_a_changed_mss() {
     c.on_readiness(Readiness::READABLE);
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(1448));
+    c.on_mss(Some(1448));
     full_read(&mut c, &mut t, 65_160);
     // A small read does not end the bulk phase (loopback splits a 64 KiB write into 65,483
     // and 53 bytes: asking again after each would double the syscalls)...
@@ -426,7 +426,7 @@ fn a_new_bulk_phase_learns_a_changed_mss() {
     c.on_readiness(Readiness::READABLE);
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(536));
+    c.on_mss(Some(536));
     full_read(&mut c, &mut t, 65_392);
 }
 
@@ -437,7 +437,7 @@ fn an_unknown_mss_reads_the_whole_buffer_and_does_not_ask_again() {
     c.on_readiness(Readiness::READABLE);
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, None); // getsockopt failed
+    c.on_mss(None); // getsockopt failed
     full_read(&mut c, &mut t, 65_536);
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::Read, "no second query in one phase");
@@ -450,7 +450,7 @@ fn with_a_sized_read_only_a_read_shorter_than_asked_means_drained() {
     c.on_readiness(Readiness::READABLE);
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(65_483));
+    c.on_mss(Some(65_483));
     // 65,483 bytes is a full read now (below the 64 KiB buffer, but all that was asked):
     // more may be queued, so the connection stays readable.
     full_read(&mut c, &mut t, 65_483);
@@ -480,7 +480,7 @@ fn mss_values_around_the_edges_give_a_usable_read_length() {
             c.on_readiness(Readiness::READABLE);
             full_read(&mut c, &mut t, cap);
             assert_eq!(c.poll(&mut t), Action::QueryMss);
-            c.on_mss(&t, mss);
+            c.on_mss(mss);
             let len = c.read_len(&t);
             assert_eq!(
                 len,
@@ -500,17 +500,17 @@ fn loopback_asks_again_while_its_mss_grows_with_the_window() {
     c.on_readiness(Readiness::READABLE);
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(47_616));
+    c.on_mss(Some(47_616));
     full_read(&mut c, &mut t, 47_616);
     assert_eq!(
         c.poll(&mut t),
         Action::QueryMss,
         "47,616 of 65,536 is provisional"
     );
-    c.on_mss(&t, Some(47_616));
+    c.on_mss(Some(47_616));
     full_read(&mut c, &mut t, 47_616);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(65_483));
+    c.on_mss(Some(65_483));
     for _ in 0..5 {
         full_read(&mut c, &mut t, 65_483);
     }
@@ -520,7 +520,7 @@ fn loopback_asks_again_while_its_mss_grows_with_the_window() {
     c.on_readiness(Readiness::READABLE);
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(32_768));
+    c.on_mss(Some(32_768));
     full_read(&mut c, &mut t, 65_536);
     assert_eq!(c.poll(&mut t), Action::Read);
 }
@@ -550,7 +550,7 @@ fn auto_splices_bulk_streams_on_nic_sized_paths_only() {
         assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
         c.on_send_input(&mut t, SendResult::Sent(16), &[0u8; 16]);
         assert_eq!(c.poll(&mut t), Action::QueryMss);
-        c.on_mss(&t, mss);
+        c.on_mss(mss);
         assert_eq!(c.poll(&mut t), want, "{mss:?}");
     }
     // Urgent data and a pipe gone bad (the turn's mode turned off) mean copying.
@@ -560,7 +560,7 @@ fn auto_splices_bulk_streams_on_nic_sized_paths_only() {
     c.on_read(&mut t, ReadResult::Data(&[0u8; 16]));
     c.on_send_input(&mut t, SendResult::Sent(16), &[0u8; 16]);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(1448));
+    c.on_mss(Some(1448));
     c.on_readiness(Readiness::PRI);
     assert_eq!(c.poll(&mut t), Action::Read, "urgent data is copied");
     let mut c = Conn::new(0);
@@ -568,7 +568,7 @@ fn auto_splices_bulk_streams_on_nic_sized_paths_only() {
     c.on_read(&mut t, ReadResult::Data(&[0u8; 16]));
     c.on_send_input(&mut t, SendResult::Sent(16), &[0u8; 16]);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(&t, Some(1448));
+    c.on_mss(Some(1448));
     t.disable_splice();
     assert_eq!(c.poll(&mut t), Action::Read, "no pipe: copy");
 }

@@ -75,7 +75,7 @@ pub fn serve<S: Socket>(conn: &mut Conn, sock: &mut S, turn: &mut Turn, buf: &mu
             }
             Action::QueryMss => {
                 let mss = sock.mss().ok();
-                conn.on_mss(turn, mss);
+                conn.on_mss(mss);
             }
             Action::Splice => match splice(sock, buf) {
                 Ok(result) => conn.on_splice(turn, result),
