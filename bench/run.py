@@ -1089,6 +1089,21 @@ def cell_stats(entry, key):
     return statistics.median(ok), min(ok), max(ok), note
 
 
+def paired_ratios(ours, ref, key):
+    """Per-round ratios ours/ref of one metric: run i of every server is in the same round
+    (seconds apart, rotated order), so the ratio cancels most of the machine's drift.
+    Returns (median, lower quartile, upper quartile, n) or None under 3 pairs."""
+    if not ours or not ref:
+        return None
+    xs = [a[key] / b[key] for a, b in zip(ours["runs"], ref["runs"])
+          if "failed" not in a and "failed" not in b and a.get(key) is not None
+          and b.get(key)]
+    if len(xs) < 3:
+        return None
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return statistics.median(xs), q1, q3, len(xs)
+
+
 def summarize(paths, sections, servers, results):
     out = {}
     for pname in paths:
@@ -1101,6 +1116,14 @@ def summarize(paths, sections, servers, results):
                 med, lo, hi, note = cell_stats(entry, key)
                 out.setdefault(f"{pname}: {label}", {})[name] = (
                     {"median": med, "min": lo, "max": hi} if med is not None else note)
+            if key.startswith("syscalls_"):
+                continue
+            sec = results.get(pname, {}).get(section, {})
+            for ref in GROUPS[group][1]:
+                pr = paired_ratios(sec.get("epoll-echo"), sec.get(ref), key)
+                if pr:
+                    out[f"{pname}: {label}"][f"paired epoll-echo/{ref}"] = dict(
+                        zip(("median", "q1", "q3", "n"), pr))
     return out
 
 
@@ -1158,6 +1181,27 @@ def print_report(info, args, paths, sections, servers, results, skipped, perf_ok
                     "IDLE", f"{args.idle_conns:,}")
                 row = [label, *cells, *ratios]
                 print("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
+            paired = []
+            for section, key, label, digits in rows:
+                if key.startswith("syscalls_"):
+                    continue
+                sec = results[pname][section]
+                cells = []
+                for r in refs:
+                    pr = paired_ratios(sec.get(ours), sec.get(r), key)
+                    cells.append(f"{pr[0]:.2f} ({pr[1]:.2f}–{pr[2]:.2f}), {pr[3]}" if pr else "")
+                if any(cells):
+                    label = label.replace("RATE", f"{args.open_rate:,}").replace(
+                        "IDLE", f"{args.idle_conns:,}")
+                    paired.append([label, *cells])
+            if paired:
+                print("\nPaired per round (run i of every server shares round i): median "
+                      "(quartiles), pairs\n")
+                header = ["metric", *[f"{ours}/{r}" for r in refs]]
+                print("| " + " | ".join(header) + " |")
+                print("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+                for row in paired:
+                    print("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
     if notes:
         print("\nserver output (stdout/stderr; count of runs):")
         for name, lines in notes.items():
