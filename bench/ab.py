@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from run import machine_busy  # bench/run.py: non-idle CPU seconds of the whole machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOAD = os.path.join(ROOT, "target", "release", "echo-bench")
 NS = "ee-ab"
@@ -54,11 +56,6 @@ def proc_cpu(pid):
         f = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
         t += int(f[11]) + int(f[12])
     return t / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy():
-    u, n, sy, _idle, _io, irq, sirq = map(int, open("/proc/stat").readline().split()[1:8])
-    return (u + n + sy + irq + sirq) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu():
