@@ -86,6 +86,13 @@ pub struct Cli {
     #[arg(long, value_name = "WHEN", value_enum, default_value = "off", num_args = 0..=1, require_equals = true, default_missing_value = "on", hide_possible_values = true)]
     pub splice: SpliceWhen,
 
+    /// Unsent bytes a client's socket may hold before it stops taking more echo
+    /// (TCP_NOTSENT_LOWAT, set on the listeners): a bulk stream's echo then leaves while its
+    /// bytes are still in the CPU's cache, and the kernel holds less per client. 0: the
+    /// kernel's default (unlimited). Accepts k/K and m/M suffixes.
+    #[arg(long, default_value = "16K", value_name = "BYTES", value_parser = parse_notsent_lowat, allow_hyphen_values = true)]
+    pub notsent_lowat: u32,
+
     /// More logging (-v: per-connection debug lines).
     #[arg(short, long, conflicts_with_all = ["quiet", "log_level"])]
     pub verbose: bool,
@@ -255,6 +262,21 @@ fn parse_max_pending(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// `--notsent-lowat`: 0 (the kernel's default) or a size up to 1G.
+fn parse_notsent_lowat(s: &str) -> Result<u32, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    let n = parse_size(s)?;
+    if n > NOTSENT_LOWAT_LIMIT {
+        return Err(format!("'{s}' is more than the limit of 1G"));
+    }
+    Ok(n as u32)
+}
+
+/// The largest `--notsent-lowat` (it must fit the kernel's `int`).
+const NOTSENT_LOWAT_LIMIT: usize = 1 << 30;
+
 /// Byte sizes: `65536`, `64K`, `1M` (binary units).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -297,6 +319,7 @@ impl Cli {
                 .map_or_else(num_cpus::get, NonZeroUsize::get),
             backlog: self.backlog,
             max_pending: self.max_pending,
+            notsent_lowat: self.notsent_lowat,
             shutdown_timeout: self.shutdown_timeout,
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout,
@@ -370,6 +393,11 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(parse_max_pending("512M"), Ok(512 << 20));
         assert!(parse_max_pending("513M").is_err());
+        assert_eq!(parse_notsent_lowat("0"), Ok(0));
+        assert_eq!(parse_notsent_lowat("16K"), Ok(16 << 10));
+        assert_eq!(parse_notsent_lowat("1G"), Ok(1 << 30));
+        assert!(parse_notsent_lowat("1025M").is_err());
+        assert!(parse_notsent_lowat("-1").is_err());
     }
 
     #[test]
@@ -380,6 +408,7 @@ mod tests {
         assert_eq!((cli.config().workers, cli.config().port), (2, 0));
         let c = Cli::try_parse_from(["epoll-echo"]).unwrap().config();
         assert_eq!(c.max_pending, 256 * 1024);
+        assert_eq!(c.notsent_lowat, crate::server::DEFAULT_NOTSENT_LOWAT);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(c.backlog, 1024);

@@ -173,17 +173,35 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
     .map(|n| n as usize)
 }
 
-/// Sets `TCP_NODELAY`: an echo must not wait for Nagle.
-pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let one: libc::c_int = 1;
+/// `setsockopt` of one `int` option.
+fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     syscall!(setsockopt(
         fd.as_raw_fd(),
-        libc::IPPROTO_TCP,
-        libc::TCP_NODELAY,
-        (&one as *const libc::c_int).cast(),
+        level,
+        name,
+        (&value as *const libc::c_int).cast(),
         std::mem::size_of::<libc::c_int>() as libc::socklen_t
     ))?;
     Ok(())
+}
+
+/// Sets `TCP_NODELAY`: an echo must not wait for Nagle.
+pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// Sets `TCP_NOTSENT_LOWAT`: the socket takes more data (and reports EPOLLOUT) only while
+/// fewer than `bytes` of what it holds are still unsent; 0 restores the kernel's default
+/// (`net.ipv4.tcp_notsent_lowat`, unlimited unless changed). Set on a listener, accepted
+/// sockets inherit it.
+pub fn set_notsent_lowat(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, bytes)
 }
 
 /// `getsockopt(TCP_MAXSEG)`: the connection's current maximum segment size (the path MTU less
@@ -204,15 +222,7 @@ pub fn tcp_maxseg(fd: BorrowedFd<'_>) -> io::Result<usize> {
 /// Sets `SO_OOBINLINE`: urgent (MSG_OOB) bytes stay in the stream, in order, instead of being
 /// set aside where a plain read never sees them.
 pub fn set_oobinline(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    syscall!(setsockopt(
-        fd.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_OOBINLINE,
-        (&one as *const libc::c_int).cast(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t
-    ))?;
-    Ok(())
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, 1)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.

@@ -290,3 +290,115 @@ fn splice_auto_splices_on_a_1500_byte_path_and_copies_on_loopback() {
         srv.assert_exit(0, Duration::from_secs(10));
     }
 }
+
+/// The server side of the connection to local port `port`, as `ss -tni` shows it from inside
+/// network namespace `ns` (None: this one): (`notsent`, `bytes_received`). `notsent` is what the
+/// server's socket holds that TCP has not sent yet; ss leaves it out when it is 0.
+fn server_socket(ns: Option<&str>, port: u16) -> Option<(u64, u64)> {
+    let filter = format!("( sport = :{port} )");
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "ss"]);
+            c
+        }
+        None => Command::new("ss"),
+    };
+    let out = cmd
+        .args(["-tniH", "state", "established", &filter])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let received = field("bytes_received:")?;
+    Some((field("notsent:").unwrap_or(0), received))
+}
+
+/// Starts a client that writes `n` bytes and reads nothing until every buffer between it and
+/// the server is full (the server has stopped reading: its pending echo is at `--max-pending`
+/// and its socket takes no more); returns the server socket's `notsent` then, after reading the
+/// whole echo back and checking it byte for byte.
+fn unsent_when_the_client_stops_reading(ns: Option<&str>, addr: SocketAddr, n: usize) -> u64 {
+    let s = client(addr, None, None);
+    let data = pattern(n, u64::from(addr.port()));
+    let mut w = s.try_clone().unwrap();
+    let owned = data.clone();
+    let writer = std::thread::spawn(move || w.write_all(&owned).expect("write"));
+    let mut last = None;
+    let mut seen = (0, 0);
+    let settled = common::wait_until(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(200)); // observation window, not sync
+        let Some(now) = server_socket(ns, addr.port()) else {
+            return false;
+        };
+        seen = now;
+        let still = last == Some(now.1) && now.1 > 0;
+        last = Some(now.1);
+        still
+    });
+    assert!(settled, "the server kept reading: {seen:?}");
+    let mut got = vec![0u8; n];
+    (&s).read_exact(&mut got).expect("the whole echo");
+    writer.join().unwrap();
+    assert!(got == data, "echo intact");
+    seen.0
+}
+
+/// How far `--notsent-lowat` may let unsent echo pass it: the write that crosses it (at most
+/// one read of 64 KiB) and the kernel's rounding to whole segments.
+const LOWAT_SLACK: u64 = 128 << 10;
+
+/// 0 means the kernel's default, `net.ipv4.tcp_notsent_lowat`: unlimited unless the machine
+/// lowered it.
+fn kernel_leaves_unsent_unbounded() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_notsent_lowat")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|v| v >= 64 << 20)
+}
+
+#[test]
+fn the_default_notsent_lowat_bounds_a_stalled_clients_unsent_echo() {
+    const N: usize = 48 << 20;
+    let srv = ServerProc::start(&[]);
+    let unsent = unsent_when_the_client_stops_reading(None, srv.addr, N);
+    assert!(
+        unsent <= 16 * 1024 + LOWAT_SLACK,
+        "default (16K): {unsent} bytes unsent"
+    );
+    let srv = ServerProc::start(&["--notsent-lowat", "256K"]);
+    let unsent = unsent_when_the_client_stops_reading(None, srv.addr, N);
+    assert!(
+        unsent <= (256 << 10) + LOWAT_SLACK,
+        "--notsent-lowat 256K: {unsent} bytes unsent"
+    );
+    if !kernel_leaves_unsent_unbounded() {
+        eprintln!("SKIPPED --notsent-lowat 0: net.ipv4.tcp_notsent_lowat is lowered here");
+        return;
+    }
+    let srv = ServerProc::start(&["--notsent-lowat", "0"]);
+    let unsent = unsent_when_the_client_stops_reading(None, srv.addr, N);
+    assert!(
+        unsent > 1 << 20,
+        "--notsent-lowat 0 leaves it to the kernel (its send buffer, MiBs): {unsent} unsent"
+    );
+}
+
+#[test]
+fn a_veth_path_at_mtu_1500_bounds_unsent_echo_too() {
+    let Some(path) = VethPath::new(3, 1500) else {
+        return;
+    };
+    let mut srv = path.server();
+    let unsent = unsent_when_the_client_stops_reading(Some(&path.ns), srv.addr, 48 << 20);
+    assert!(
+        unsent <= 16 * 1024 + LOWAT_SLACK,
+        "default (16K) on a 1500-byte path: {unsent} bytes unsent"
+    );
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+}

@@ -52,10 +52,24 @@ impl Acceptor {
     /// Sets SO_OOBINLINE on the listener, whoever created it (a fresh bind or an inherited fd):
     /// urgent bytes are stream bytes, or the byte at the mark is lost. Accepted sockets inherit
     /// it (Linux copies the listener's socket flags at accept), so it costs no syscall per client.
-    pub fn new(listener: OwnedFd, epoll: &sys::Epoll, token: u64) -> io::Result<Acceptor> {
+    /// So does `TCP_NOTSENT_LOWAT` (`--notsent-lowat`; 0 sets the kernel's default back, for a
+    /// listener inherited from a process that ran with another value). A kernel without it
+    /// only costs the saving: a warning, and the server runs.
+    pub fn new(
+        listener: OwnedFd,
+        epoll: &sys::Epoll,
+        token: u64,
+        notsent_lowat: u32,
+    ) -> io::Result<Acceptor> {
         sys::set_oobinline(listener.as_fd()).map_err(|e| {
             io::Error::new(e.kind(), format!("set SO_OOBINLINE on the listener: {e}"))
         })?;
+        if let Err(e) = sys::set_notsent_lowat(listener.as_fd(), notsent_lowat) {
+            log!(
+                Level::Warn,
+                "--notsent-lowat {notsent_lowat}: TCP_NOTSENT_LOWAT not set on the listener: {e}"
+            );
+        }
         let local_addr = socket2::SockRef::from(&listener)
             .local_addr()?
             .as_socket()

@@ -100,6 +100,8 @@ pub struct WorkerConfig {
     pub addr: SocketAddr,
     pub backlog: i32,
     pub max_pending: usize,
+    /// `TCP_NOTSENT_LOWAT` for the listeners (inherited by accepted sockets); 0: the kernel's.
+    pub notsent_lowat: u32,
     pub max_connections: usize,
     /// Zero disables the idle timeout.
     pub idle_timeout: Duration,
@@ -232,7 +234,12 @@ impl Worker {
             crate::listeners::open(Kind::Tcp, cfg.id, cfg.addr, cfg.backlog, &shared.listeners)?
                 .into();
         let epoll = sys::Epoll::new()?;
-        let acceptor = Acceptor::new(listener, &epoll, Token::Listener(Listen::Plain).encode())?;
+        let acceptor = Acceptor::new(
+            listener,
+            &epoll,
+            Token::Listener(Listen::Plain).encode(),
+            cfg.notsent_lowat,
+        )?;
         // The TLS listener beside the plain one, in the same epoll instance.
         #[cfg(feature = "tls")]
         let (tls_acceptor, tls) = match &cfg.tls {
@@ -248,7 +255,7 @@ impl Worker {
                 .into();
                 let token = Token::Listener(Listen::Tls).encode();
                 (
-                    Some(Acceptor::new(listener, &epoll, token)?),
+                    Some(Acceptor::new(listener, &epoll, token, cfg.notsent_lowat)?),
                     Some(tls::TlsSide::new(t)),
                 )
             }
