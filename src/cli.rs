@@ -86,10 +86,10 @@ pub struct Cli {
     #[arg(long, value_name = "WHEN", value_enum, default_value = "off", num_args = 0..=1, require_equals = true, default_missing_value = "on", hide_possible_values = true)]
     pub splice: SpliceWhen,
 
-    /// Unsent bytes a client's socket may hold before it stops taking more echo
-    /// (TCP_NOTSENT_LOWAT, set on the listeners): a bulk stream's echo then leaves while its
-    /// bytes are still in the CPU's cache, and the kernel holds less per client. 0: the
-    /// kernel's default (unlimited). Accepts k/K and m/M suffixes.
+    /// Unsent echo a client's socket may hold before the server stops writing to it
+    /// (TCP_NOTSENT_LOWAT, set on the listeners): bounds what the kernel holds per client, and
+    /// bulk streams cost less CPU per GB (README, "Bulk streams"). 0: the kernel's default
+    /// (unlimited). Accepts k/K and m/M suffixes.
     #[arg(long, default_value = "16K", value_name = "BYTES", value_parser = parse_notsent_lowat, allow_hyphen_values = true)]
     pub notsent_lowat: u32,
 

@@ -49,6 +49,7 @@ fn echo_intact(s: TcpStream, data: &[u8]) {
         match r.read(&mut got[done..]) {
             Ok(0) => panic!("EOF after {done} of {} bytes", data.len()),
             Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => panic!(
                 "echo stalled or failed after {done} of {} bytes: {e}",
                 data.len()
@@ -120,7 +121,8 @@ impl VethPath {
         let pid = std::process::id();
         // 198.19.A.B/30 per process and path, so parallel test runs do not collide.
         let a = pid % 250;
-        let b = (pid / 250 % 16) * 16 + idx * 4;
+        assert!(idx < 8, "eight paths per test process");
+        let b = (pid / 250 % 8) * 32 + idx * 4;
         let p = VethPath {
             ns: format!("ee-mss-{pid}-{idx}"),
             host_if: format!("emh{}{idx}", pid % 100_000),
@@ -399,6 +401,44 @@ fn a_veth_path_at_mtu_1500_bounds_unsent_echo_too() {
         unsent <= 16 * 1024 + LOWAT_SLACK,
         "default (16K) on a 1500-byte path: {unsent} bytes unsent"
     );
+    srv.signal("TERM");
+    srv.assert_exit(0, Duration::from_secs(10));
+}
+
+/// A client that writes `n` bytes before it reads any: the write must finish (the server takes
+/// the backlog into pending output up to `--max-pending`), then the whole echo comes back.
+fn write_all_then_read(addr: SocketAddr, n: usize) {
+    let s = client(addr, None, None);
+    let data = pattern(n, 11);
+    let mut w = s.try_clone().unwrap();
+    let owned = data.clone();
+    let (done, wrote) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = w.write_all(&owned);
+        let _ = done.send(r.is_ok());
+    });
+    assert_eq!(
+        wrote.recv_timeout(Duration::from_secs(30)),
+        Ok(true),
+        "{n} bytes written before reading: the server stopped taking them"
+    );
+    let mut got = vec![0u8; n];
+    (&s).read_exact(&mut got).expect("the whole echo");
+    assert!(got == data, "echo intact");
+}
+
+#[test]
+fn a_client_that_writes_12_mib_before_reading_gets_max_pending_of_buffering() {
+    // A bulk stream reads only when its last echo is sent, and TCP_NOTSENT_LOWAT keeps the
+    // kernel from holding much of it: what holds a backlog like this is --max-pending, once
+    // the stream has stood still for 100–200 ms (conn::STALL_TICKS).
+    let srv = ServerProc::start(&["--max-pending", "16M"]);
+    write_all_then_read(srv.addr, 12 << 20);
+    let Some(path) = VethPath::new(4, 1500) else {
+        return;
+    };
+    let mut srv = path.server_with(&["--max-pending", "16M"]);
+    write_all_then_read(srv.addr, 12 << 20);
     srv.signal("TERM");
     srv.assert_exit(0, Duration::from_secs(10));
 }

@@ -54,6 +54,8 @@ fn sim_thousands_of_seeds() {
         total.mss_queries > 100 && total.sub_segment_window_bytes > 100_000,
         "{total:?}"
     );
+    // Bulk streams whose client stopped reading were marked stalled and read on.
+    assert!(total.stalled > 10, "{total:?}");
 }
 
 /// The `tls_stage` fuzz target's checks on seeded random inputs (the fuzzer explores more:

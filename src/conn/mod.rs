@@ -93,6 +93,28 @@ pub const SPLICE_LEN: usize = 64 * 1024;
 /// per send (what every send cost before sizing), never a byte.
 pub const MSS_REFRESH: Tick = 10;
 
+/// A bulk stream held back by its "read when the last echo is all sent" rule (see
+/// [`Conn::is_backpressured`]) with no byte moved either way for this many ticks (100 to 200
+/// ms) has a client that stopped reading: the worker marks it stalled ([`Turn::stalled`]) and
+/// it reads on into pending output up to `max_pending`, like any other connection, until that
+/// output is all sent. Without this, a client that writes a lot before it reads would get only
+/// what the kernel buffers — with `TCP_NOTSENT_LOWAT` (`--notsent-lowat`) little — and
+/// `--max-pending` would not mean what it says. A stream that flows moves bytes every turn and
+/// never gets here. The state lives in the worker's table slot (its padding), not here: the
+/// connection stays 40 bytes.
+pub const STALL_TICKS: Tick = 2;
+
+/// What a due stall check found ([`Conn::on_stall_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallCheck {
+    /// The client stopped taking echo: give the connection a turn, it reads again.
+    Stalled,
+    /// Still held back, but bytes moved since: check again at this tick.
+    Again(Tick),
+    /// No longer held back: nothing to check.
+    Done,
+}
+
 /// With [`Splice::Auto`], a bulk stream splices when its socket's MSS is below this: every
 /// NIC path (1,448 on Ethernet, 8,948 with jumbo frames, less through tunnels). Loopback's MSS
 /// is 32,768 to 65,483: there the client shares the machine, splicing hands it back its own
@@ -199,6 +221,10 @@ pub struct Turn {
     max_pending: usize,
     splice: Splice,
     input: Option<Range<usize>>,
+    /// In: the worker found this bulk stream's client stopped taking its echo (see
+    /// [`STALL_TICKS`]); it reads on up to `max_pending`. Out: false once its pending output
+    /// was all sent (the bulk rule applies again).
+    pub stalled: bool,
     /// Bytes read this turn.
     pub read: usize,
     /// Bytes sent this turn.
@@ -216,6 +242,7 @@ impl Turn {
             max_pending: p.max_pending,
             splice: p.splice,
             input: None,
+            stalled: false,
             read: 0,
             written: 0,
             spliced: 0,
@@ -493,11 +520,39 @@ impl Conn {
     /// a whole read (as large as the path allows), not the tail of one read and the start of
     /// the next. Not behind a stage: a TLS stage's output goes through pending output anyway,
     /// so there is no copy to save, and TLS keeps the behaviour it was measured with.
-    pub fn is_backpressured(&self, max_pending: usize) -> bool {
-        if self.has(flag::BULK) && self.layers.is_none() {
+    /// `stalled`: see [`STALL_TICKS`].
+    pub fn is_backpressured(&self, max_pending: usize, stalled: bool) -> bool {
+        if self.has(flag::BULK) && !stalled && self.layers.is_none() {
             !self.pending.is_empty()
         } else {
             self.pending.len() > max_pending
+        }
+    }
+
+    /// Held back by the bulk rule alone (unless stalled): a plain bulk stream with echo
+    /// pending and input left unread.
+    pub fn held_by_bulk_rule(&self) -> bool {
+        self.flags & (flag::BULK | flag::READABLE | flag::EOF | flag::FINISHING)
+            == flag::BULK | flag::READABLE
+            && self.layers.is_none()
+            && !self.pending.is_empty()
+    }
+
+    /// The tick at which to check whether a stream held back by the bulk rule has a client
+    /// that stopped taking its echo ([`STALL_TICKS`] after its last byte); None when not held.
+    pub fn stall_check_at(&self) -> Option<Tick> {
+        self.held_by_bulk_rule()
+            .then(|| self.last_active.saturating_add(STALL_TICKS))
+    }
+
+    /// A stall check came due at `now` (see [`STALL_TICKS`]).
+    pub fn stall_check(&self, now: Tick) -> StallCheck {
+        if !self.held_by_bulk_rule() {
+            StallCheck::Done
+        } else if now.wrapping_sub(self.last_active) >= STALL_TICKS {
+            StallCheck::Stalled
+        } else {
+            StallCheck::Again(self.last_active.saturating_add(STALL_TICKS))
         }
     }
 
@@ -525,6 +580,10 @@ impl Conn {
 
     /// What to do next (see [`Action`]). Call again after reporting each action's result.
     pub fn poll(&mut self, turn: &mut Turn) -> Action {
+        if turn.stalled && self.pending.is_empty() {
+            // Caught up: the client takes its echo again, and the bulk rule applies again.
+            turn.stalled = false;
+        }
         if self.has(flag::SIZED) && turn.now.wrapping_sub(self.last_active) >= MSS_REFRESH {
             // Back after a pause: a new bulk phase must prove itself and learn the MSS anew.
             self.flags &= !(flag::BULK | flag::SIZED);
@@ -549,7 +608,7 @@ impl Conn {
         }
         if self.has(flag::READABLE)
             && !self.has(flag::EOF | flag::FINISHING)
-            && !self.is_backpressured(turn.max_pending)
+            && !self.is_backpressured(turn.max_pending, turn.stalled)
         {
             if turn.budget == 0 {
                 return Action::Yield;

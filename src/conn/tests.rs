@@ -106,7 +106,7 @@ fn a_bulk_stream_reads_only_when_its_last_echo_is_all_sent() {
     c.on_send_input(&mut t, SendResult::Sent(5), &data);
     // 11 bytes pending, far below the cap of 100: still no read until they are sent; the
     // backlog waits in the kernel (TCP's window slows the client), not in pending output.
-    assert!(c.is_backpressured(100));
+    assert!(c.is_backpressured(100, false));
     assert_eq!(c.poll(&mut t), Action::Wait);
     assert!(c.is_readable(), "input is left unread, not forgotten");
     c.on_readiness(Readiness::WRITABLE);
@@ -117,6 +117,74 @@ fn a_bulk_stream_reads_only_when_its_last_echo_is_all_sent() {
     assert_eq!(c.poll(&mut t), Action::Send);
     c.on_sent(&mut t, SendResult::Sent(5));
     assert_eq!(c.poll(&mut t), Action::Read, "all sent: reading resumes");
+}
+
+#[test]
+fn a_bulk_stream_whose_client_stops_reading_reads_on_up_to_the_pending_cap() {
+    let p = Params {
+        budget: 1 << 20,
+        ..params()
+    };
+    let mut c = Conn::new(0);
+    let mut t = Turn::new(&p, 0);
+    c.on_readiness(Readiness::READABLE);
+    let data = [7u8; 16];
+    assert_eq!(c.stall_check_at(), None);
+    assert_eq!(c.poll(&mut t), Action::Read);
+    c.on_read(&mut t, ReadResult::Data(&data)); // a full read: bulk
+    assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
+    c.on_send_input(&mut t, SendResult::Sent(16), &data);
+    assert_eq!(c.poll(&mut t), Action::QueryMss);
+    c.on_mss(Some(1448));
+    assert_eq!(c.poll(&mut t), Action::Read);
+    c.on_read(&mut t, ReadResult::Data(&data));
+    assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
+    c.on_send_input(&mut t, SendResult::Sent(4), &data); // the last byte moved at tick 0
+    assert_eq!(c.poll(&mut t), Action::Wait, "held back by the bulk rule");
+    assert!(c.held_by_bulk_rule());
+    assert_eq!(c.stall_check_at(), Some(STALL_TICKS));
+    // Due early (bytes moved since it was armed): check again later.
+    assert_eq!(
+        c.stall_check(STALL_TICKS - 1),
+        StallCheck::Again(STALL_TICKS)
+    );
+    assert_eq!(c.stall_check(STALL_TICKS), StallCheck::Stalled);
+    assert!(!c.is_backpressured(100, true) && c.is_backpressured(100, false));
+    // Stalled: it reads on into pending output, up to the cap, like any other connection.
+    let mut t = Turn::new(&p, STALL_TICKS);
+    t.stalled = true;
+    let mut reads = 0;
+    while c.poll(&mut t) == Action::Read {
+        c.on_read(&mut t, ReadResult::Data(&data));
+        reads += 1;
+        assert!(reads < 20, "the cap holds");
+    }
+    assert_eq!(c.poll(&mut t), Action::Wait);
+    assert!(c.pending_len() > 100 && c.pending_len() <= 100 + 16);
+    assert!(c.is_readable(), "the rest stays unread, for later");
+    assert!(t.stalled, "still behind");
+    // The client reads again: once all is sent, the bulk rule is back.
+    c.on_readiness(Readiness::WRITABLE);
+    assert_eq!(c.poll(&mut t), Action::Send);
+    let n = c.pending_len();
+    c.on_sent(&mut t, SendResult::Sent(n));
+    assert_eq!(c.poll(&mut t), Action::Read);
+    assert!(!t.stalled, "caught up");
+    c.on_read(&mut t, ReadResult::Data(&data));
+    assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
+    c.on_send_input(&mut t, SendResult::Sent(1), &data);
+    assert!(
+        c.is_backpressured(100, t.stalled),
+        "15 bytes pending: the rule again"
+    );
+    // Bytes moved at tick 2: the next check is due at 4.
+    assert_eq!(c.stall_check_at(), Some(2 * STALL_TICKS));
+    // All sent before it: nothing to do.
+    c.on_readiness(Readiness::WRITABLE);
+    assert_eq!(c.poll(&mut t), Action::Send);
+    c.on_sent(&mut t, SendResult::Sent(15));
+    assert_eq!(c.stall_check(2 * STALL_TICKS), StallCheck::Done);
+    assert_eq!(c.stall_check_at(), None);
 }
 
 #[test]
@@ -602,7 +670,7 @@ fn behind_a_stage_a_bulk_stream_reads_on_up_to_the_pending_cap() {
     assert_eq!(c.poll(&mut t), Action::Send);
     c.on_sent(&mut t, SendResult::Sent(4));
     // 12 bytes pending: a plain bulk stream would wait; the stage's output keeps flowing.
-    assert!(!c.is_backpressured(100));
+    assert!(!c.is_backpressured(100, false));
     let mut reads = 1;
     while c.poll(&mut t) == Action::Read {
         c.on_read(&mut t, ReadResult::Data(&data));
@@ -610,5 +678,5 @@ fn behind_a_stage_a_bulk_stream_reads_on_up_to_the_pending_cap() {
         assert!(reads < 100);
     }
     assert!(c.pending_len() > 100 && c.pending_len() <= 100 + 16);
-    assert!(c.is_backpressured(100));
+    assert!(c.is_backpressured(100, false));
 }

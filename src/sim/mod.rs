@@ -153,6 +153,9 @@ pub struct Report {
     /// client's segment size.
     pub mss_queries: u64,
     pub sub_segment_window_bytes: u64,
+    /// Bulk streams whose client stopped reading long enough to be marked stalled (they then
+    /// read on up to `max_pending`).
+    pub stalled: u64,
     /// TLS clients, the ones that ended with both close_notifys and their whole echo, and the
     /// ones closed by the handshake timeout.
     pub tls_clients: usize,
@@ -176,6 +179,7 @@ impl std::ops::AddAssign for Report {
         self.proxied_finished += o.proxied_finished;
         self.mss_queries += o.mss_queries;
         self.sub_segment_window_bytes += o.sub_segment_window_bytes;
+        self.stalled += o.stalled;
         self.tls_clients += o.tls_clients;
         self.tls_clean += o.tls_clean;
         self.tls_timeouts += o.tls_timeouts;
@@ -291,6 +295,7 @@ pub fn run(src: &mut impl Source, steps: usize) -> Result<Report, String> {
     w.report.clients = w.peers.len();
     w.report.mss_queries = w.peers.iter().map(|p| p.mss_queries).sum();
     w.report.sub_segment_window_bytes = w.peers.iter().map(|p| p.sub_segment_window_bytes).sum();
+    w.report.stalled = w.conns.stalled();
     Ok(w.report)
 }
 
@@ -843,13 +848,19 @@ impl World {
             let pending = conn.pending_len();
             let what = if unread
                 && !conn.is_finishing()
-                && !conn.is_backpressured(self.params.max_pending)
-            {
+                && !conn.is_backpressured(
+                    self.params.max_pending,
+                    self.conns.table().stall(idx) == crate::worker::table::Stall::Stalled,
+                ) {
                 Some("readable input")
             } else if pending > 0 && peer.window() > 0 {
                 Some("output the socket would take")
             } else if pending > 0 && !peer.blocked_out {
                 Some("output, and no EPOLLOUT edge will come")
+            } else if conn.held_by_bulk_rule()
+                && self.conns.table().stall(idx) == crate::worker::table::Stall::None
+            {
+                Some("input held back by the bulk rule, and no stall check armed")
             } else if conn.saw_eof() && pending == 0 {
                 Some("a finished stream")
             } else if self.tls_both_closed(p) && pending == 0 {

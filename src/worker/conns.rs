@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::drain::Drain;
 use super::idle::IdleTimeout;
 use super::service::Outcome;
-use super::table::Table;
-use crate::conn::{CloseReason, Conn, Params, Readiness, Tick, Turn};
+use super::table::{Stall, Table};
+use crate::conn::{CloseReason, Conn, Params, Readiness, StallCheck, Tick, Turn};
 
 /// What a batch of turns moved.
 #[derive(Debug, Default, Clone, Copy)]
@@ -35,6 +35,13 @@ pub struct Conns<S> {
     /// connection when it comes due (the stage may be done, the slot reused), so nothing is
     /// removed early; there is one entry per connection accepted within the longest timeout.
     deadlines: BinaryHeap<Reverse<(Tick, u32)>>,
+    /// Stall checks of bulk streams held back by their read-when-sent rule
+    /// ([`crate::conn::STALL_TICKS`]): (tick, slot), one per slot marked [`Stall::Armed`]
+    /// (a slot reused while its old entry is out may briefly have two; the extra one goes
+    /// once the stream is no longer held back).
+    stalls: BinaryHeap<Reverse<(Tick, u32)>>,
+    /// Bulk streams marked stalled so far (the simulator reports it).
+    stalled: u64,
 }
 
 impl<S> Conns<S> {
@@ -46,6 +53,8 @@ impl<S> Conns<S> {
             idle: IdleTimeout::new(idle_timeout),
             drain: None,
             deadlines: BinaryHeap::new(),
+            stalls: BinaryHeap::new(),
+            stalled: 0,
         }
     }
 
@@ -55,6 +64,11 @@ impl<S> Conns<S> {
 
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// Bulk streams marked stalled so far (see [`crate::conn::STALL_TICKS`]).
+    pub fn stalled(&self) -> u64 {
+        self.stalled
     }
 
     pub fn live(&self) -> usize {
@@ -122,17 +136,30 @@ impl<S> Conns<S> {
         let mut running = std::mem::take(&mut self.running);
         self.table.take_run_queue(&mut running);
         for &idx in &running {
+            let stall = self.table.stall(idx);
             let Some((sock, conn)) = self.table.get_mut(idx) else {
                 continue; // closed earlier in this pass
             };
             let before = conn.last_active();
             let mut turn = Turn::new(&self.params, now);
+            turn.stalled = stall == Stall::Stalled;
             let outcome = serve(sock, conn, &mut turn);
             moved.read += turn.read as u64;
             moved.written += turn.written as u64;
             moved.spliced += turn.spliced as u64;
             let quiet = self.drain.as_ref().and_then(|d| d.after_turn(conn, now));
+            let check_at = conn.stall_check_at();
             self.table.touch(idx, before);
+            let stall = match (stall, turn.stalled, check_at) {
+                (Stall::Stalled, true, _) => Stall::Stalled,
+                (Stall::Armed, _, _) => Stall::Armed, // its check is in the heap
+                (_, _, Some(at)) => {
+                    self.stalls.push(Reverse((at, idx)));
+                    Stall::Armed
+                }
+                (_, _, None) => Stall::None,
+            };
+            self.table.set_stall(idx, stall);
             match outcome {
                 Outcome::Yield => self.table.requeue(idx),
                 Outcome::Close(why) => self.close(idx, why, closed),
@@ -181,7 +208,9 @@ impl<S> Conns<S> {
         timed_out
     }
 
-    /// Closes connections whose stage deadline has passed ([`crate::conn::Stage::deadline`]).
+    /// Closes connections whose stage deadline has passed ([`crate::conn::Stage::deadline`]),
+    /// and gives a turn to bulk streams whose client stopped taking their echo
+    /// ([`Conn::on_stall_check`]): they read on, up to `max_pending`.
     fn expire_deadlines(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) {
         while let Some(&Reverse((at, idx))) = self.deadlines.peek() {
             if at > now {
@@ -201,12 +230,34 @@ impl<S> Conns<S> {
                 self.deadlines.push(Reverse((d, idx)));
             }
         }
+        while let Some(&Reverse((at, idx))) = self.stalls.peek() {
+            if at > now {
+                return;
+            }
+            self.stalls.pop();
+            let Some((_, conn)) = self.table.get(idx) else {
+                continue;
+            };
+            if self.table.stall(idx) != Stall::Armed {
+                continue; // a reused slot's old entry
+            }
+            match conn.stall_check(now) {
+                StallCheck::Stalled => {
+                    self.stalled += 1;
+                    self.table.set_stall(idx, Stall::Stalled);
+                    self.table.requeue(idx);
+                }
+                StallCheck::Again(at) => self.stalls.push(Reverse((at, idx))),
+                StallCheck::Done => self.table.set_stall(idx, Stall::None),
+            }
+        }
     }
 
     /// The next tick a timer is due, if any.
     pub fn next_deadline(&self, now: Tick) -> Option<u64> {
         [
             self.deadlines.peek().map(|Reverse((at, _))| u64::from(*at)),
+            self.stalls.peek().map(|Reverse((at, _))| u64::from(*at)),
             self.idle.next_deadline(&self.table),
             self.drain
                 .as_ref()

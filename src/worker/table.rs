@@ -22,6 +22,21 @@ pub struct Slot<S> {
     prev: u32,
     next: u32,
     queued: bool,
+    stall: Stall,
+}
+
+/// A slot's stall check (see [`crate::conn::STALL_TICKS`]), kept in the slot's padding so that
+/// neither the connection nor the slot grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stall {
+    /// Not held back by the bulk rule, or not since the last check.
+    #[default]
+    None,
+    /// Held back by the bulk rule: a check is in the worker's stall heap.
+    Armed,
+    /// The client stopped taking its echo: the stream reads on up to `max_pending` until its
+    /// pending output is all sent.
+    Stalled,
 }
 
 #[derive(Debug)]
@@ -78,6 +93,7 @@ impl<S> Table<S> {
             prev: NIL,
             next: NIL,
             queued: false,
+            stall: Stall::None,
         });
         self.live += 1;
         self.link_tail(i);
@@ -115,6 +131,20 @@ impl<S> Table<S> {
     pub fn get_mut(&mut self, i: u32) -> Option<(&S, &mut Conn)> {
         let s = self.slots.get_mut(i as usize)?.as_mut()?;
         Some((&s.sock, &mut s.conn))
+    }
+
+    /// Slot `i`'s stall check ([`Stall::None`] for a free slot).
+    pub fn stall(&self, i: u32) -> Stall {
+        self.slots
+            .get(i as usize)
+            .and_then(Option::as_ref)
+            .map_or(Stall::None, |s| s.stall)
+    }
+
+    pub fn set_stall(&mut self, i: u32, stall: Stall) {
+        if let Some(s) = self.slots.get_mut(i as usize).and_then(Option::as_mut) {
+            s.stall = stall;
+        }
     }
 
     /// Records readiness for slot `i` and queues it for a turn (if it is still open).
