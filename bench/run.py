@@ -499,10 +499,13 @@ def make_servers(args, certs):
         skip["tls"] = "skipped: no certificate (openssl failed or missing)"
     else:
         cert, key = str(certs / "cert.pem"), str(certs / "key.pem")
+
         # --port serves plain TCP beside the TLS listener; the load uses the TLS port.
-        tls["epoll-echo"] = Server("epoll-echo", lambda p, h, w: [
-            str(ours), "--port", str(free_port()), "--host", h, "--maxListeners", str(w), "-q",
-            "--tls-port", str(p), "--tls-cert", cert, "--tls-key", key, *extra])
+        def ours_tls_at(binary):
+            return lambda p, h, w: [
+                str(binary), "--port", str(free_port()), "--host", h, "--maxListeners", str(w),
+                "-q", "--tls-port", str(p), "--tls-cert", cert, "--tls-key", key, *extra]
+        tls["epoll-echo"] = Server("epoll-echo", ours_tls_at(ours))
         tls["tokio-rustls"] = Server("tokio-rustls", lambda p, h, w: [
             str(args.tokio_rustls_bin), str(p), cert, key, "--threads", str(w), "--host", h])
     if "--udp-port" not in helptext:
@@ -514,9 +517,11 @@ def make_servers(args, certs):
         udp["udp-echo"] = Server("udp-echo", lambda p, h, w: [str(PEER_BIN / "udp-echo"),
                                                              str(p), h], udp=True)
     # --servers NAME=PATH: another epoll-echo build (an older commit, say) as one more column
-    # of the plain-TCP sections, run with the same arguments as ours.
+    # of the plain-TCP and TLS sections, run with the same arguments as ours.
     for name, binary in args.extra_servers.items():
         tcp[name] = Server(name, ours_at(binary))
+        if "epoll-echo" in tls:
+            tls[name] = Server(name, ours_tls_at(binary))
     return {"tcp": tcp, "tls": tls, "udp": udp}, skip
 
 

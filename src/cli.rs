@@ -87,9 +87,9 @@ pub struct Cli {
     pub splice: SpliceWhen,
 
     /// Unsent echo a client's socket may hold before the server stops writing to it
-    /// (TCP_NOTSENT_LOWAT, set on the listeners): bounds what the kernel holds per client, and
-    /// bulk streams cost less CPU per GB (README, "Bulk streams"). 0: the kernel's default
-    /// (unlimited). Accepts k/K and m/M suffixes.
+    /// (TCP_NOTSENT_LOWAT, set on the plain-TCP listeners; TLS keeps the kernel's): bounds
+    /// what the kernel holds per client, and bulk streams cost less CPU per GB (README, "Bulk
+    /// streams"). 0: the kernel's default (unlimited). Accepts k/K and m/M suffixes.
     #[arg(long, default_value = "16K", value_name = "BYTES", value_parser = parse_notsent_lowat, allow_hyphen_values = true)]
     pub notsent_lowat: u32,
 

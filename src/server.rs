@@ -46,7 +46,7 @@ pub struct Config {
     pub backlog: i32,
     /// Clamped to [`MAX_PENDING_LIMIT`].
     pub max_pending: usize,
-    /// `--notsent-lowat`, set on every TCP listener; 0: the kernel's default.
+    /// `--notsent-lowat`, set on every plain-TCP listener; 0: the kernel's default.
     pub notsent_lowat: u32,
     pub shutdown_timeout: Duration,
     /// `None`: derived from the open-files limit.

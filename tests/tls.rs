@@ -659,3 +659,62 @@ fn in_process_tls_addr_port_zero_is_shared_by_the_workers() {
     assert_eq!(summary.totals.tls.handshakes, 30);
     assert_eq!(summary.totals.tls.failures(), 0);
 }
+
+/// `TCP_NOTSENT_LOWAT` of each of this process's listening sockets on `port` (one per worker).
+fn listener_lowats(port: u16) -> Vec<u32> {
+    use std::os::fd::BorrowedFd;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: only borrowed for the calls below, while the server (which owns the
+        // descriptor) runs; a descriptor that closed meanwhile fails the calls, nothing more.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&fd);
+        let on_port = sock
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port());
+        if sock.is_listener().unwrap_or(false) && on_port == Some(port) {
+            out.push(
+                sock.tcp_notsent_lowat()
+                    .expect("getsockopt TCP_NOTSENT_LOWAT"),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn notsent_lowat_is_set_on_the_plain_listeners_and_not_on_the_tls_ones() {
+    let c = Certs::new("lowat");
+    let (cert, key) = c.pair("a");
+    let config = epoll_echo::Config {
+        host: Some("127.0.0.1".parse().unwrap()),
+        port: 0,
+        workers: 3,
+        notsent_lowat: 64 * 1024,
+        tls: Some(epoll_echo::tls::TlsSettings {
+            port: 0,
+            reloader: epoll_echo::tls::TlsReloader::load(&cert, &key).unwrap(),
+            handshake_timeout: Duration::from_secs(10),
+        }),
+        ..epoll_echo::Config::default()
+    };
+    let running = epoll_echo::Server::new(config).unwrap().start().unwrap();
+    let tls = running.tls_addr().expect("a TLS address").port();
+    // Each worker's listener (and the copy kept for a graceful restart's hand-over).
+    let plain = listener_lowats(running.local_addr().port());
+    assert!(
+        plain.len() >= 3 && plain.iter().all(|&v| v == 65536),
+        "{plain:?}"
+    );
+    // TLS output always goes through pending output, and the mark cost TLS server CPU: the
+    // kernel's default (0 here: not set).
+    let tls = listener_lowats(tls);
+    assert!(tls.len() >= 3 && tls.iter().all(|&v| v == 0), "{tls:?}");
+    running.shutdown_handle().shutdown();
+    running.wait().unwrap();
+}

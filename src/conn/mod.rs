@@ -30,8 +30,8 @@
 //! [`Pending`]. A read shorter than asked empties the receive queue unless the peer hung up
 //! (then read on to EOF) or urgent data was flagged (a read stops at the urgent mark, so after
 //! `EPOLLPRI` only `EAGAIN` counts as drained). Reading stops while pending output is above
-//! `max_pending` — for a bulk stream, while any is pending (backpressure) — and after `budget`
-//! bytes in one turn (fairness).
+//! `max_pending` — for a bulk stream, while any is pending, unless the worker found its client
+//! stalled ([`STALL_TICKS`]) (backpressure) — and after `budget` bytes in one turn (fairness).
 //!
 //! # Time
 //!
@@ -104,7 +104,7 @@ pub const MSS_REFRESH: Tick = 10;
 /// connection stays 40 bytes.
 pub const STALL_TICKS: Tick = 2;
 
-/// What a due stall check found ([`Conn::on_stall_check`]).
+/// What a due stall check found ([`Conn::stall_check`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StallCheck {
     /// The client stopped taking echo: give the connection a turn, it reads again.

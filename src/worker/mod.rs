@@ -100,7 +100,8 @@ pub struct WorkerConfig {
     pub addr: SocketAddr,
     pub backlog: i32,
     pub max_pending: usize,
-    /// `TCP_NOTSENT_LOWAT` for the listeners (inherited by accepted sockets); 0: the kernel's.
+    /// `TCP_NOTSENT_LOWAT` for the plain-TCP listener (inherited by accepted sockets); 0: the
+    /// kernel's. The TLS listener keeps the kernel's.
     pub notsent_lowat: u32,
     pub max_connections: usize,
     /// Zero disables the idle timeout.
@@ -255,7 +256,10 @@ impl Worker {
                 .into();
                 let token = Token::Listener(Listen::Tls).encode();
                 (
-                    Some(Acceptor::new(listener, &epoll, token, cfg.notsent_lowat)?),
+                    // The kernel's default: TLS output always goes through pending output
+                    // (no read-when-sent rule to pair with), and the mark measured 1.2× the
+                    // server CPU per GB on loopback (README, "Bulk streams").
+                    Some(Acceptor::new(listener, &epoll, token, 0)?),
                     Some(tls::TlsSide::new(t)),
                 )
             }
