@@ -82,24 +82,29 @@ fn small_messages_read_on_up_to_the_pending_cap_and_resume_when_it_drains() {
     assert_eq!(c.poll(&mut t), Action::Read, "reading resumes");
 }
 
-#[test]
-fn a_bulk_stream_reads_only_when_its_last_echo_is_all_sent() {
+/// A plain connection made a bulk stream by one full read of `data` (all sent), its MSS
+/// asked and answered (1448): the next `poll` reads. The turn's budget is large.
+fn sized_bulk_stream(data: &[u8; 16]) -> (Conn, Turn) {
+    let p = Params {
+        budget: 1 << 20,
+        ..params()
+    };
     let mut c = Conn::new(0);
-    let mut t = Turn::new(
-        &Params {
-            budget: 1 << 20,
-            ..params()
-        },
-        0,
-    );
+    let mut t = Turn::new(&p, 0);
     c.on_readiness(Readiness::READABLE);
-    let data = [7u8; 16];
     assert_eq!(c.poll(&mut t), Action::Read);
-    c.on_read(&mut t, ReadResult::Data(&data)); // a full read: bulk
+    c.on_read(&mut t, ReadResult::Data(data)); // a full read: bulk
     assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
-    c.on_send_input(&mut t, SendResult::Sent(16), &data);
+    c.on_send_input(&mut t, SendResult::Sent(16), data);
     assert_eq!(c.poll(&mut t), Action::QueryMss);
     c.on_mss(Some(1448));
+    (c, t)
+}
+
+#[test]
+fn a_bulk_stream_reads_only_when_its_last_echo_is_all_sent() {
+    let data = [7u8; 16];
+    let (mut c, mut t) = sized_bulk_stream(&data);
     assert_eq!(c.poll(&mut t), Action::Read);
     c.on_read(&mut t, ReadResult::Data(&data));
     assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
@@ -125,17 +130,9 @@ fn a_bulk_stream_whose_client_stops_reading_reads_on_up_to_the_pending_cap() {
         budget: 1 << 20,
         ..params()
     };
-    let mut c = Conn::new(0);
-    let mut t = Turn::new(&p, 0);
-    c.on_readiness(Readiness::READABLE);
     let data = [7u8; 16];
-    assert_eq!(c.stall_check_at(), None);
-    assert_eq!(c.poll(&mut t), Action::Read);
-    c.on_read(&mut t, ReadResult::Data(&data)); // a full read: bulk
-    assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
-    c.on_send_input(&mut t, SendResult::Sent(16), &data);
-    assert_eq!(c.poll(&mut t), Action::QueryMss);
-    c.on_mss(Some(1448));
+    let (mut c, mut t) = sized_bulk_stream(&data);
+    assert_eq!(c.stall_check_at(), None, "nothing pending");
     assert_eq!(c.poll(&mut t), Action::Read);
     c.on_read(&mut t, ReadResult::Data(&data));
     assert_eq!(c.poll(&mut t), Action::SendInput(0..16));
