@@ -573,6 +573,12 @@ impl World {
         }
         self.report.bytes_echoed += moved.written;
         self.conns.on_timers(self.now, &mut record);
+        if let Some(at) = self.conns.next_stall_check().filter(|&at| at <= self.now) {
+            return Err(format!(
+                "a stall check due at tick {at} is still waiting at tick {}",
+                self.now
+            ));
+        }
         self.conns.end_batch();
         for (id, mut conn, why) in closed {
             self.on_closed(id, &conn, why)?;

@@ -191,6 +191,7 @@ impl<S> Conns<S> {
     /// were closed by the shutdown timeout.
     pub fn on_timers(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) -> usize {
         self.expire_deadlines(now, closed);
+        self.check_stalls(now);
         for idx in self.idle.expired(&self.table, now) {
             self.close(idx, CloseReason::Idle, closed);
         }
@@ -208,15 +209,9 @@ impl<S> Conns<S> {
         timed_out
     }
 
-    /// Closes connections whose stage deadline has passed ([`crate::conn::Stage::deadline`]),
-    /// and gives a turn to bulk streams whose client stopped taking their echo
-    /// ([`Conn::on_stall_check`]): they read on, up to `max_pending`.
+    /// Closes connections whose stage deadline has passed ([`crate::conn::Stage::deadline`]).
     fn expire_deadlines(&mut self, now: Tick, closed: &mut impl FnMut(S, Conn, CloseReason)) {
-        while let Some(&Reverse((at, idx))) = self.deadlines.peek() {
-            if at > now {
-                return;
-            }
-            self.deadlines.pop();
+        while let Some(idx) = pop_due(&mut self.deadlines, now) {
             // The slot may hold the same connection (done or not), a newer one, or none.
             let Some((_, conn)) = self.table.get(idx) else {
                 continue;
@@ -230,11 +225,12 @@ impl<S> Conns<S> {
                 self.deadlines.push(Reverse((d, idx)));
             }
         }
-        while let Some(&Reverse((at, idx))) = self.stalls.peek() {
-            if at > now {
-                return;
-            }
-            self.stalls.pop();
+    }
+
+    /// Gives a turn to bulk streams whose client stopped taking their echo
+    /// ([`Conn::stall_check`]): they read on, up to `max_pending`.
+    fn check_stalls(&mut self, now: Tick) {
+        while let Some(idx) = pop_due(&mut self.stalls, now) {
             let Some((_, conn)) = self.table.get(idx) else {
                 continue;
             };
@@ -253,6 +249,11 @@ impl<S> Conns<S> {
         }
     }
 
+    /// The earliest stall check still in the heap (the simulator checks none is overdue).
+    pub fn next_stall_check(&self) -> Option<Tick> {
+        self.stalls.peek().map(|Reverse((at, _))| *at)
+    }
+
     /// The next tick a timer is due, if any.
     pub fn next_deadline(&self, now: Tick) -> Option<u64> {
         [
@@ -267,4 +268,13 @@ impl<S> Conns<S> {
         .flatten()
         .min()
     }
+}
+
+/// Pops the slot of the earliest entry of `heap` if it is due at `now`.
+fn pop_due(heap: &mut BinaryHeap<Reverse<(Tick, u32)>>, now: Tick) -> Option<u32> {
+    let &Reverse((at, idx)) = heap.peek()?;
+    (at <= now).then(|| {
+        heap.pop();
+        idx
+    })
 }
