@@ -622,21 +622,27 @@ fn proxy_header_then_tls_and_both_deadlines() {
     assert!(err.contains("(TLS handshake timeout)"), "{err}");
 }
 
-#[test]
-fn in_process_tls_addr_port_zero_is_shared_by_the_workers() {
-    let c = Certs::new("inproc");
-    let (cert, key) = c.pair("a");
-    let config = epoll_echo::Config {
+/// An in-process server's configuration: 3 workers on 127.0.0.1, plain and TLS on
+/// kernel-chosen ports.
+fn in_process_config(cert: &Path, key: &Path) -> epoll_echo::Config {
+    epoll_echo::Config {
         host: Some("127.0.0.1".parse().unwrap()),
         port: 0,
         workers: 3,
         tls: Some(epoll_echo::tls::TlsSettings {
             port: 0,
-            reloader: epoll_echo::tls::TlsReloader::load(&cert, &key).unwrap(),
+            reloader: epoll_echo::tls::TlsReloader::load(cert, key).unwrap(),
             handshake_timeout: Duration::from_secs(10),
         }),
         ..epoll_echo::Config::default()
-    };
+    }
+}
+
+#[test]
+fn in_process_tls_addr_port_zero_is_shared_by_the_workers() {
+    let c = Certs::new("inproc");
+    let (cert, key) = c.pair("a");
+    let config = in_process_config(&cert, &key);
     let running = epoll_echo::Server::new(config).unwrap().start().unwrap();
     let addr = running.tls_addr().expect("a TLS address");
     assert_ne!(addr.port(), 0);
@@ -692,16 +698,8 @@ fn notsent_lowat_is_set_on_the_plain_listeners_and_not_on_the_tls_ones() {
     let c = Certs::new("lowat");
     let (cert, key) = c.pair("a");
     let config = epoll_echo::Config {
-        host: Some("127.0.0.1".parse().unwrap()),
-        port: 0,
-        workers: 3,
         notsent_lowat: 64 * 1024,
-        tls: Some(epoll_echo::tls::TlsSettings {
-            port: 0,
-            reloader: epoll_echo::tls::TlsReloader::load(&cert, &key).unwrap(),
-            handshake_timeout: Duration::from_secs(10),
-        }),
-        ..epoll_echo::Config::default()
+        ..in_process_config(&cert, &key)
     };
     let running = epoll_echo::Server::new(config).unwrap().start().unwrap();
     let tls = running.tls_addr().expect("a TLS address").port();
