@@ -41,6 +41,7 @@ use crate::conn::{
 use crate::worker::conns::Conns;
 use crate::worker::drain::QUIET;
 use crate::worker::service;
+use crate::worker::table::Stall;
 use model::{Peer, SIM_REFUSAL, SimSocket};
 
 /// Where the simulator's choices come from.
@@ -856,16 +857,14 @@ impl World {
                 && !conn.is_finishing()
                 && !conn.is_backpressured(
                     self.params.max_pending,
-                    self.conns.table().stall(idx) == crate::worker::table::Stall::Stalled,
+                    self.conns.table().stall(idx) == Stall::Stalled,
                 ) {
                 Some("readable input")
             } else if pending > 0 && peer.window() > 0 {
                 Some("output the socket would take")
             } else if pending > 0 && !peer.blocked_out {
                 Some("output, and no EPOLLOUT edge will come")
-            } else if conn.held_by_bulk_rule()
-                && self.conns.table().stall(idx) == crate::worker::table::Stall::None
-            {
+            } else if conn.held_by_bulk_rule() && self.conns.table().stall(idx) == Stall::None {
                 Some("input held back by the bulk rule, and no stall check armed")
             } else if conn.saw_eof() && pending == 0 {
                 Some("a finished stream")
